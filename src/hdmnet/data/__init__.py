@@ -1,0 +1,1 @@
+"""Data: archives, conversion, fold lists, episodes and transforms."""

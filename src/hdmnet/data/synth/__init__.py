@@ -1,0 +1,1 @@
+"""Generated data sets in the exact layout of the real archives."""

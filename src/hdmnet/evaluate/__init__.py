@@ -1,0 +1,1 @@
+"""Episodic evaluation and metrics."""

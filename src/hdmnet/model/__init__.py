@@ -1,0 +1,1 @@
+"""HDMNet, the PSPNet base learner and their backbones."""

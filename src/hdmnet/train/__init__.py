@@ -1,0 +1,1 @@
+"""Training engines: base learner and meta learner."""
