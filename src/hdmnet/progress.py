@@ -26,7 +26,11 @@ class Progress:
     """Wraps an iterable; ``set(**stats)`` attaches running figures (loss, mIoU) to the output."""
 
     def __init__(
-        self, iterable: Iterable[T], total: int | None = None, desc: str = "", interval: float = 30.0
+        self,
+        iterable: Iterable[T],
+        total: int | None = None,
+        desc: str = "",
+        interval: float = 30.0,
     ) -> None:
         self.iterable = iterable
         self.total = total if total is not None else _length(iterable)
@@ -47,10 +51,8 @@ class Progress:
             self._bar.close()
             return
         start = last = time.monotonic()
-        done = 0
-        for item in self.iterable:
+        for done, item in enumerate(self.iterable, 1):
             yield item
-            done += 1
             now = time.monotonic()
             if now - last >= self.interval or done == self.total:
                 last = now
@@ -73,3 +75,61 @@ def _length(iterable: Iterable[object]) -> int | None:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+class ByteProgress:
+    """Byte counter for downloads and copies: a tqdm bar on a terminal, log lines elsewhere.
+
+    Use as a context manager and call ``update(n)`` per chunk; ``initial`` is what a resumed
+    transfer already has, so the bar and the ETA start from there.
+    """
+
+    def __init__(
+        self, total: int | None, desc: str = "", initial: int = 0, interval: float = 30.0
+    ) -> None:
+        self.total = total
+        self.desc = desc
+        self.initial = initial
+        self.done = initial
+        self.interval = interval
+        self._bar: tqdm | None = None
+        self._start = self._last = time.monotonic()
+
+    def __enter__(self) -> ByteProgress:
+        if on_terminal():
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.initial,
+                desc=self.desc,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                dynamic_ncols=True,
+            )
+        self._start = self._last = time.monotonic()
+        return self
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            log.info("%s", self._line(now - self._start))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.done > self.initial:
+            log.info("%s", self._line(time.monotonic() - self._start))
+
+    def _line(self, elapsed: float) -> str:
+        mib = 1 << 20
+        total = f"{self.total / mib:.1f}" if self.total else "?"
+        parts = [self.desc or "transfer", f"{self.done / mib:.1f}/{total} MiB", f"{elapsed:.0f}s"]
+        fresh = self.done - self.initial
+        if self.total and fresh > 0 and elapsed > 0:
+            parts.append(f"eta {elapsed / fresh * (self.total - self.done):.0f}s")
+        return " ".join(parts)
