@@ -1,0 +1,169 @@
+"""The ``hdmnet`` command: one subcommand per pipeline stage, each a thin shell over the package.
+
+Heavy imports (torch, mlflow) happen inside the commands so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hdmnet import __version__
+from hdmnet.config import ParamsError, load_params
+
+log = logging.getLogger("hdmnet")
+
+# Stages whose implementation lands with a later issue; they refuse to run instead of faking work.
+STAGES_TO_COME: dict[str, str] = {
+    "download": "issue 3, data stages",
+    "prepare": "issue 3, data stages",
+    "train-base": "issue 5, training engines",
+    "train": "issue 5, training engines",
+    "evaluate": "issue 5, evaluation engine",
+    "aggregate": "issue 6, tables",
+    "report": "issue 6, reports",
+}
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing input, incompatible checkpoint...); the message says why."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="parameter file (default: params.yaml; the full reproduction: presets/paper.yaml)",
+    )
+    parser.add_argument(
+        "-s",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. -s meta.pascal.epochs=3 (repeatable)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _grid_args(parser: argparse.ArgumentParser, shot: bool, variant: bool) -> None:
+    parser.add_argument("--dataset", choices=["pascal", "coco"], required=True)
+    parser.add_argument(
+        "--backbone", choices=["small", "resnet50", "resnet101", "vgg16"], required=True
+    )
+    parser.add_argument("--fold", type=int, choices=range(4), required=True, metavar="{0..3}")
+    if shot:
+        parser.add_argument("--shot", type=int, required=True)
+    if variant:
+        parser.add_argument("--variant", default="full", help="ablation variant (default: full)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hdmnet",
+        description=(
+            "HDMNet few-shot segmentation, reproduced: data, training, evaluation and reports. "
+            "The stages run in this order: synth (embedded data only), download, prepare, "
+            "train-base, train, evaluate, aggregate, report. `hdmnet demo` runs them all."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"hdmnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        _common(cmd)
+        return cmd
+
+    cmd = add("config", "print the resolved parameters (defaults filled, overrides applied)")
+    cmd.add_argument("--variant", default="full", help="show an ablation variant's parameters")
+
+    cmd = add("synth", "generate the embedded data sets as archives in the real layout")
+    cmd.add_argument("--out", type=Path, help="output folder (default: <data>/synth)")
+
+    add("download", "fetch, verify and extract the archives of the selected preset")
+
+    cmd = add("prepare", "convert masks, build full lists, fold lists and base annotations")
+    cmd.add_argument("dataset", choices=["pascal", "coco"])
+
+    cmd = add("train-base", "train the PSPNet base learner of one dataset, backbone and fold")
+    _grid_args(cmd, shot=False, variant=False)
+
+    cmd = add("train", "meta-train HDMNet for one dataset, backbone, fold, shot and variant")
+    _grid_args(cmd, shot=True, variant=True)
+
+    cmd = add("evaluate", "run the episodic test protocol and write a metrics record")
+    _grid_args(cmd, shot=True, variant=True)
+    cmd.add_argument("--checkpoint", type=Path, help="evaluate this checkpoint (ours or official)")
+
+    add("aggregate", "render the paper-style tables from the metrics records")
+    add("report", "write figures and the self-contained HTML ablation report")
+    cmd = add("demo", "the main job: the whole default pipeline, ending in tables and report")
+    cmd.add_argument("--cores", type=int, default=2, help="parallel jobs (default: 2)")
+    return parser
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    params = load_params(args.params, args.overrides).for_variant(args.variant)
+    sys.stdout.write(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from hdmnet import layout
+    from hdmnet.data.synth import generate, synth_config
+
+    params = load_params(args.params, args.overrides)
+    out = args.out or layout.synth_dir(params)
+    manifest = generate(out, synth_config(params.synth))
+    log.info("generated %d files in %s", len(manifest["archives"]), out)
+    print(f"Embedded data sets written to {out} (manifest: {out / 'manifest.json'})")
+    return 0
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"hdmnet {name}: this stage is not built yet ({STAGES_TO_COME.get(name, 'planned')}).",
+            file=sys.stderr,
+        )
+        return 2
+
+    return run
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    # Until the workflow lands (issue 6) the main job generates the embedded data sets.
+    return _cmd_synth(argparse.Namespace(**vars(args), out=None))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "config": _cmd_config,
+    "synth": _cmd_synth,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler = COMMANDS.get(args.command, _not_built(args.command))
+    try:
+        return handler(args)
+    except (ParamsError, StageError) as error:
+        print(f"hdmnet {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

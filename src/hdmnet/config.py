@@ -1,0 +1,331 @@
+"""Parameters: load ``params.yaml``, fill defaults, validate against the schema, apply overrides.
+
+The JSON schema (``resources/params.schema.yaml``, also at ``workflow/schemas/``) documents every
+key with its default; this module turns a validated mapping into typed, frozen dataclasses so
+that the rest of the package never indexes raw dicts. Bad values fail here, before any work,
+with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_RESOURCE = "params.schema.yaml"
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: str
+    results: str
+
+
+@dataclass(frozen=True)
+class Tracking:
+    uri: str
+    experiment: str
+    upload_checkpoints: bool
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Synth:
+    seed: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class Data:
+    source: str
+    mirror: str | None
+    local_files: dict[str, str]
+    workers: int
+    coco_split: str
+    exclude_novel: bool
+    min_pixels: int
+
+
+@dataclass(frozen=True)
+class Grid:
+    datasets: list[str]
+    folds: list[int]
+    shots: list[int]
+    backbones: list[str]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    variants: list[str]
+    datasets: list[str]
+    folds: list[int]
+    shots: list[int]
+    backbones: list[str]
+
+
+@dataclass(frozen=True)
+class Model:
+    attention: str
+    stages: int
+    distill: bool
+    ensemble: bool
+    fix_quirks: bool
+    embed_dim: int
+    small_blocks: list[int]
+    small_width: int
+    pretrained: dict[str, str | None]
+    channels_last: bool
+    bf16: bool
+
+
+@dataclass(frozen=True)
+class BaseSchedule:
+    epochs: int
+    batch_size: int
+    lr: float
+    head_lr_mult: float
+    momentum: float
+    weight_decay: float
+    crop: int
+    scale: list[float]
+    val_size: int
+
+
+@dataclass(frozen=True)
+class BaseSchedules:
+    pascal: BaseSchedule
+    coco: BaseSchedule
+
+
+@dataclass(frozen=True)
+class MetaSchedule:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    image_size: int
+    scale: list[float]
+    val_episodes: int
+    val_every: int
+    test_episodes: int
+
+
+@dataclass(frozen=True)
+class Meta:
+    pascal: MetaSchedule
+    coco: MetaSchedule
+    distill_weight: float
+    base_weight: float
+    selection: str
+
+
+@dataclass(frozen=True)
+class Train:
+    seed: int
+    workers: int
+    gpus: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class Eval:
+    seeds: list[int]
+    support_annotation: str
+    cache_mb: int
+
+
+@dataclass(frozen=True)
+class Params:
+    preset: str
+    paths: Paths
+    tracking: Tracking
+    synth: Synth
+    data: Data
+    grid: Grid
+    ablation: Ablation
+    variants: dict[str, dict[str, Any]]
+    model: Model
+    base: BaseSchedules
+    meta: Meta
+    train: Train
+    eval: Eval
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved parameters as plain data (what tracking logs and records store)."""
+        return copy.deepcopy(self.raw)
+
+    def digest(self, *sections: str) -> str:
+        """Stable short hash of the given sections (all when none): identifies a configuration."""
+        chosen = {k: self.raw[k] for k in (sections or sorted(self.raw))}
+        text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def for_variant(self, name: str) -> Params:
+        """These parameters with a named ablation variant's overrides applied."""
+        if name == "full":
+            return self
+        if name not in self.variants:
+            known = ", ".join(sorted(self.variants)) or "none"
+            raise ParamsError(f"unknown variant {name!r} (variants in params: {known})")
+        overrides = {key: value for key, value in self.variants[name].items()}
+        return from_mapping(_apply(self.raw, overrides, source=f"variants.{name}"))
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("hdmnet").joinpath("resources", SCHEMA_RESOURCE).read_text("utf-8")
+    return yaml.safe_load(text)
+
+
+def load_params(
+    path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()
+) -> Params:
+    """Read a params file (None: defaults only), apply ``key=value`` overrides and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ParamsError(f"{path}: parameter file not found (run from the project root?)")
+        try:
+            raw = yaml.safe_load(path.read_text("utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ParamsError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{path}: the top level must be a mapping of keys to values")
+    parsed = dict(parse_override(item) for item in overrides)
+    return from_mapping(_apply(raw, parsed, source="override"), source=str(path or "defaults"))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``meta.pascal.epochs=3`` -> (``meta.pascal.epochs``, 3); values are parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {item!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ParamsError(f"override {key}: value {text!r} is not valid YAML") from None
+    return key.strip(), value
+
+
+def from_mapping(raw: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate a mapping (defaults filled in) and build the typed parameters."""
+    data = fill_defaults(copy.deepcopy(dict(raw)), schema())
+    validate(data, source)
+    for name, changes in data["variants"].items():
+        for key in changes:
+            if key.split(".")[0] in {"grid", "ablation", "variants", "paths", "tracking"}:
+                raise ParamsError(f"{source}: variants.{name}: key {key!r} cannot vary per variant")
+            _check_known_key(key, f"{source}: variants.{name}")
+    params = _build(Params, data)
+    object.__setattr__(params, "raw", data)
+    unknown = sorted(set(params.ablation.variants) - set(params.variants))
+    if unknown:
+        raise ParamsError(f"{source}: ablation.variants names undefined variants: {unknown}")
+    return params
+
+
+def validate(data: Mapping[str, Any], source: str = "params") -> None:
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{source}: {_describe(error)}" for error in errors]
+        raise ParamsError("invalid parameters:\n  " + "\n  ".join(lines))
+
+
+def fill_defaults(data: dict[str, Any], node: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill missing keys from the schema's defaults, recursively (objects only)."""
+    node = _resolve(node)
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub)
+        if key not in data and "default" in sub:
+            data[key] = copy.deepcopy(sub["default"])
+        if isinstance(data.get(key), dict) and sub.get("type") == "object":
+            fill_defaults(data[key], sub)
+    return data
+
+
+def _apply(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    data = fill_defaults(copy.deepcopy(dict(raw)), schema())
+    for key, value in overrides.items():
+        _check_known_key(key, source)
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return data
+
+
+def _check_known_key(key: str, source: str) -> None:
+    node: Mapping[str, Any] = schema()
+    walked: list[str] = []
+    for part in key.split("."):
+        node = _resolve(node)
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        if part in props:
+            node = props[part]
+        elif isinstance(extra, dict):
+            node = extra
+        else:
+            where = ".".join(walked) or "the top level"
+            known = ", ".join(sorted(props))
+            raise ParamsError(
+                f"{source}: unknown key {key!r} ({part!r} is not in {where}: {known})"
+            )
+        walked.append(part)
+
+
+def _resolve(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    target: Any = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    merged = dict(target)
+    merged.update({k: v for k, v in node.items() if k != "$ref"})
+    return merged
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    return f"{key}: {error.message}"
+
+
+def _build(cls: Any, value: Any) -> Any:
+    """Build nested frozen dataclasses from validated data, guided by the type hints."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.init and f.name != "raw"]
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in fields})
+    origin = typing.get_origin(cls)
+    if origin is list:
+        (item,) = typing.get_args(cls)
+        return [_build(item, v) for v in value]
+    if origin is dict:
+        return dict(value)
+    if origin in (typing.Union, types.UnionType) or cls is Any:
+        return value
+    if cls is float and isinstance(value, int):
+        return float(value)
+    return value

@@ -1,0 +1,144 @@
+"""Parameter loading: defaults, validation messages naming the key, overrides, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hdmnet import config
+from hdmnet.config import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_and_paper_preset_are_valid():
+    default = load_params(ROOT / "params.yaml")
+    paper = load_params(ROOT / "presets" / "paper.yaml")
+    assert default.preset == "default" and paper.preset == "paper"
+    assert default.data.source == "synthetic"
+    assert paper.grid.datasets == ["pascal", "coco"]
+    assert paper.grid.backbones == ["resnet50", "vgg16"]
+    assert paper.grid.folds == [0, 1, 2, 3] and paper.grid.shots == [1, 5]
+    # The paper preset carries the published schedules (PAPER.md).
+    assert paper.meta.pascal.epochs == 200 and paper.meta.coco.epochs == 50
+    assert paper.meta.coco.image_size == 633 and paper.meta.pascal.image_size == 473
+    assert paper.base.pascal.epochs == 100 and paper.base.coco.epochs == 20
+
+
+def test_defaults_fill_every_key_from_the_schema(tmp_path):
+    empty = tmp_path / "params.yaml"
+    empty.write_text("{}\n")
+    params = load_params(empty)
+    assert params.train.seed == 321
+    assert params.eval.seeds == [510, 365, 382, 322, 988, 98, 742, 17, 595, 106]
+    assert params.meta.pascal.scale == [0.9, 1.1]
+    assert params.data.min_pixels == 2048
+
+
+def _schema_keys(node, prefix=""):
+    node = config._resolve(node)
+    for key, sub in node.get("properties", {}).items():
+        sub = config._resolve(sub)
+        yield prefix + key, sub
+        if sub.get("type") == "object":
+            yield from _schema_keys(sub, prefix + key + ".")
+
+
+def test_every_schema_key_is_documented_with_a_default():
+    for key, sub in _schema_keys(config.schema()):
+        assert "default" in sub, key
+        assert sub.get("description") or sub.get("$ref"), key
+
+
+def test_typed_dataclasses_match_the_schema():
+    """The dataclasses and the schema describe the same keys (no silent drift)."""
+
+    def walk(cls, node):
+        node = config._resolve(node)
+        names = {f.name for f in dataclasses.fields(cls) if f.name != "raw"}
+        assert names == set(node["properties"]), cls.__name__
+        hints = __import__("typing").get_type_hints(cls)
+        for name in names:
+            if dataclasses.is_dataclass(hints[name]):
+                walk(hints[name], node["properties"][name])
+
+    walk(config.Params, config.schema())
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("grid.folds=[0, 4]", "grid.folds.1"),
+        ("grid.shots=[0]", "grid.shots.0"),
+        ("meta.pascal.epochs=three", "meta.pascal.epochs"),
+        ("data.coco_split=random", "data.coco_split"),
+        ("model.stages=0", "model.stages"),
+        ("grid.backbones=[resnet18]", "grid.backbones.0"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ParamsError) as error:
+        load_params(ROOT / "params.yaml", [override])
+    assert key in str(error.value)
+
+
+def test_unknown_keys_are_rejected_in_files_and_overrides(tmp_path):
+    with pytest.raises(ParamsError, match=r"grid\.foldz"):
+        load_params(ROOT / "params.yaml", ["grid.foldz=[1]"])
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"meta": {"pascal": {"epochz": 3}}}))
+    with pytest.raises(ParamsError, match="epochz"):
+        load_params(bad)
+
+
+def test_malformed_overrides_and_files(tmp_path):
+    with pytest.raises(ParamsError, match="key=value"):
+        load_params(ROOT / "params.yaml", ["grid.folds"])
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("grid: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"broken\.yaml"):
+        load_params(broken)
+
+
+def test_overrides_are_parsed_and_applied():
+    params = load_params(
+        ROOT / "params.yaml", ["meta.pascal.epochs=3", "grid.folds=[1, 2]", "model.bf16=true"]
+    )
+    assert params.meta.pascal.epochs == 3
+    assert params.grid.folds == [1, 2]
+    assert params.model.bf16 is True
+    assert isinstance(params.meta.pascal.lr, float)
+
+
+def test_variants_apply_their_overrides_and_change_the_digest():
+    params = load_params(ROOT / "params.yaml")
+    one_stage = params.for_variant("stages_1")
+    assert one_stage.model.stages == 1 and params.model.stages == 3
+    assert one_stage.digest("model") != params.digest("model")
+    assert one_stage.digest("meta") == params.digest("meta")
+    assert params.for_variant("no_exclusion").data.exclude_novel is False
+    with pytest.raises(ParamsError, match="unknown variant 'nope'"):
+        params.for_variant("nope")
+
+
+def test_variant_keys_are_checked(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"variants": {"x": {"model.stagez": 1}}}))
+    with pytest.raises(ParamsError, match=r"variants\.x.*model\.stagez"):
+        load_params(bad)
+    bad.write_text(yaml.safe_dump({"variants": {"x": {"grid.folds": [0]}}}))
+    with pytest.raises(ParamsError, match="cannot vary"):
+        load_params(bad)
+    bad.write_text(yaml.safe_dump({"ablation": {"variants": ["ghost"]}}))
+    with pytest.raises(ParamsError, match="ghost"):
+        load_params(bad)
+
+
+def test_schema_file_in_workflow_is_the_package_schema():
+    workflow_copy = ROOT / "workflow" / "schemas" / "params.schema.yaml"
+    assert yaml.safe_load(workflow_copy.read_text()) == config.schema()
