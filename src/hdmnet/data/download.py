@@ -229,7 +229,8 @@ def fetch(
 
     Skips when the verification marker matches. Takes ``local_file`` (or a local ``url``) by
     hard link or copy; otherwise downloads over HTTP, resuming and retrying. A checksum mismatch
-    raises ``ChecksumError`` and leaves neither the final file nor the partial download.
+    raises ``ChecksumError`` and leaves neither the final file nor the partial download; the one
+    exception is a source that already *is* ``archive_dir/<name>``, which is never deleted.
     """
     archive_dir = Path(archive_dir)
     final = archive_dir / spec.name
@@ -249,6 +250,7 @@ def fetch(
             # Not what the config expects (truncated, stale, corrupted): fetch it again.
             log.warning("%s; removing it and fetching again", exc)
             final.unlink()
+            verified_marker(archive_dir, spec).unlink(missing_ok=True)
         else:
             _write_marker(final, spec)
             return final
