@@ -1,0 +1,107 @@
+"""Segmentation metrics of the few-shot protocol, as pure accumulators.
+
+Per episode: intersection and union of background and foreground between the argmax prediction
+and the label, pixels labelled 255 ignored. mIoU averages, over the fold's classes, the IoU of
+each class accumulated over all of its episodes; FB-IoU averages the background and foreground
+IoU accumulated over all episodes (PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255
+
+
+def upsample_to_label(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Logits [B,C,h,w] -> [B,C,H,W] at the original label size (bilinear, align_corners)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def intersection_union(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore: int = IGNORE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class intersection and union (length ``num_classes``) of one prediction and label."""
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != label {tuple(label.shape)}")
+    valid = label != ignore
+    pred = pred[valid].long()
+    label = label[valid].long()
+    inter = torch.bincount(pred[pred == label], minlength=num_classes)[:num_classes]
+    area_pred = torch.bincount(pred, minlength=num_classes)[:num_classes]
+    area_label = torch.bincount(label, minlength=num_classes)[:num_classes]
+    union = area_pred + area_label - inter
+    return inter.cpu().numpy().astype(np.int64), union.cpu().numpy().astype(np.int64)
+
+
+class FewShotMeter:
+    """Accumulates episodes of one fold: per-class foreground IoU and FB-IoU."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.class_inter = np.zeros(num_classes, dtype=np.int64)
+        self.class_union = np.zeros(num_classes, dtype=np.int64)
+        self.fb_inter = np.zeros(2, dtype=np.int64)
+        self.fb_union = np.zeros(2, dtype=np.int64)
+        self.episodes = 0
+
+    def update(self, class_index: int, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """One episode: ``pred`` holds 0/1, ``label`` 0/1/255, both at the label's size."""
+        if not 0 <= class_index < self.num_classes:
+            raise ValueError(f"class index {class_index} outside 0..{self.num_classes - 1}")
+        inter, union = intersection_union(pred, label, 2)
+        self.class_inter[class_index] += inter[1]
+        self.class_union[class_index] += union[1]
+        self.fb_inter += inter
+        self.fb_union += union
+        self.episodes += 1
+
+    def class_iou(self) -> np.ndarray:
+        """IoU per class; NaN for a class without episodes or without any foreground."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.class_union > 0, self.class_inter / self.class_union, np.nan)
+
+    def miou(self) -> float:
+        """Mean over the classes that had episodes (all of them under the protocol)."""
+        ious = self.class_iou()
+        return float(np.nanmean(ious)) if np.isfinite(ious).any() else 0.0
+
+    def fbiou(self) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fb = np.where(self.fb_union > 0, self.fb_inter / self.fb_union, np.nan)
+        return float(np.nanmean(fb)) if np.isfinite(fb).any() else 0.0
+
+    def merge(self, other: FewShotMeter) -> None:
+        """Add another meter's counts (from another process)."""
+        self.class_inter += other.class_inter
+        self.class_union += other.class_union
+        self.fb_inter += other.fb_inter
+        self.fb_union += other.fb_union
+        self.episodes += other.episodes
+
+
+class SemanticMeter:
+    """Accumulates a semantic segmentation: per-class IoU; mIoU over classes 1..C-1 (base
+    learner validation excludes the background, BAM protocol)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.inter = np.zeros(num_classes, dtype=np.int64)
+        self.union = np.zeros(num_classes, dtype=np.int64)
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        inter, union = intersection_union(pred, label, self.num_classes)
+        self.inter += inter
+        self.union += union
+
+    def class_iou(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.union > 0, self.inter / self.union, np.nan)
+
+    def miou(self, exclude_background: bool = True) -> float:
+        ious = self.class_iou()[1:] if exclude_background else self.class_iou()
+        return float(np.nanmean(ious)) if np.isfinite(ious).any() else 0.0
