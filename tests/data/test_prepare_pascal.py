@@ -101,11 +101,20 @@ def test_rerun_rewrites_nothing_and_repairs_a_corrupt_mask(raw: PascalRaw, tmp_p
 
     broken = masks / "2008_000003.png"
     broken.write_bytes(broken.read_bytes()[:20])
+    palette = masks / "2007_000032.png"  # same indices, but 'P' (e.g. a copy of the VOC file)
+    write_voc_png(palette, raw.voc_masks["2007_000032"])
+    damaged = _mtimes(masks)
     summary = prepare_pascal(raw.root, raw.train_noval, out, workers=2)
-    assert summary["masks_written"] == 1
-    np.testing.assert_array_equal(np.array(Image.open(broken)), raw.sbd_masks["2008_000003"])
+    assert summary["masks_written"] == 2
     after = _mtimes(masks)
-    assert {k for k in after if after[k] != before[k]} == {"2008_000003.png"}
+    assert {k for k in after if after[k] != damaged[k]} == {"2008_000003.png", "2007_000032.png"}
+    for path, expected in (
+        (broken, raw.sbd_masks["2008_000003"]),
+        (palette, raw.voc_masks["2007_000032"]),
+    ):
+        with Image.open(path) as image:
+            assert image.mode == "L"
+            np.testing.assert_array_equal(np.array(image), expected)
 
 
 def test_workers_give_the_same_output(raw: PascalRaw, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.io
+from PIL import Image
 
 from hdmnet.data.errors import DataError
 from hdmnet.data.prepare_common import (
@@ -120,6 +121,15 @@ def read_sbd_mask(path: Path) -> np.ndarray:
     return raw.astype(np.uint8)
 
 
+def _same_mask(path: Path, mask: np.ndarray) -> bool:
+    """True if ``path`` is an 'L' PNG holding exactly ``mask`` (then it is not rewritten)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode == "L" and np.array_equal(np.array(image), mask)
+    except (OSError, SyntaxError, ValueError):
+        return False  # missing or unreadable: write it
+
+
 def _convert(job: _MaskJob) -> tuple[str, bool]:
     """Check and write one mask; returns (id, written). Runs in a worker process."""
     width, height = jpeg_size(job.image)
@@ -129,12 +139,8 @@ def _convert(job: _MaskJob) -> tuple[str, bool]:
             f"{job.source}: mask is {mask.shape[1]}x{mask.shape[0]} but image {job.image} "
             f"is {width}x{height}"
         )
-    if job.out.is_file():
-        try:
-            if np.array_equal(read_label_png(job.out), mask):
-                return job.image_id, False
-        except DataError:
-            pass  # unreadable old output: rewrite it
+    if _same_mask(job.out, mask):
+        return job.image_id, False
     write_label_png(job.out, mask)
     return job.image_id, True
 
