@@ -250,6 +250,30 @@ def test_unreadable_mask_names_file(tmp_path):
         count_classes(tmp_path, path, 20, workers=1)
 
 
+def test_truncated_mask_names_file(tmp_path):
+    mask = np.random.default_rng(0).integers(0, 21, (64, 64), dtype=np.uint8)
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
+    assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+    data = (tmp_path / "m.png").read_bytes()
+    (tmp_path / "m.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cannot read mask .*m\.png"):
+        read_mask(tmp_path / "m.png")
+
+
+def test_low_bit_depth_png_not_read_by_fast_path(tmp_path):
+    # A 1-bit PNG: OpenCV would expand it to 0/255; it must go through PIL and be rejected.
+    Image.fromarray(np.eye(8, dtype=bool)).save(tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"b\.png has image mode '1'"):
+        read_mask(tmp_path / "b.png")
+
+
+def test_histogram_exact_for_huge_masks():
+    mask = np.zeros((4200, 4000), np.uint8)  # above 2**24 pixels: float32 bins would round
+    mask[0, :7] = 5
+    counts = class_pixel_counts(mask, 20)
+    assert counts[5] == 7 and counts[0] == mask.size - 7
+
+
 def test_rgb_mask_rejected(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "m.png")
     with pytest.raises(DataError, match=r"m\.png has image mode 'RGB'"):

@@ -1,6 +1,6 @@
 """Fold lists (image lists and per-class file lists) and base annotations, built fast.
 
-Every mask of a full list is read once and its class pixel counts taken in one ``bincount``
+Every mask of a full list is read once and its class pixel counts taken in one histogram pass
 (``count_classes``, parallel). The counts are kept as diffable JSON lines and every fold, mode and
 scheme is then a pure, vectorised selection over them (``build_fold_lists``), with the rules of
 PROTOCOL.md:
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -129,6 +130,11 @@ def _count_one(
     return counts, int(mask.size - counts.sum())
 
 
+def _worker_init() -> None:
+    # One OpenCV thread per worker process: the pool already fills the cores.
+    cv2.setNumThreads(1)
+
+
 def _map(fn, items: Sequence, workers: int | None, desc: str) -> list:
     """``map`` in a process pool (order kept) with a progress bar; serial for one worker."""
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -138,7 +144,7 @@ def _map(fn, items: Sequence, workers: int | None, desc: str) -> list:
     if workers == 1:
         return list(progress(map(fn, items), total=len(items), desc=desc))
     chunk = max(1, min(256, len(items) // (workers * 8)))
-    with multiprocessing.get_context().Pool(workers) as pool:
+    with multiprocessing.get_context().Pool(workers, initializer=_worker_init) as pool:
         return list(progress(pool.imap(fn, items, chunksize=chunk), total=len(items), desc=desc))
 
 
