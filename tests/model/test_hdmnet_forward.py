@@ -224,3 +224,32 @@ def test_prior_similarity_sparse_equals_dense(shots):
         prior_similarity_dense(query, support, mask),
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("attention", ["matching", "dot"])
+def test_foreground_sparse_path_equals_dense_reference(attention):
+    torch.manual_seed(8)
+    model = build_hdmnet("small", 15, 3, embed_dim=16, attention=attention).eval()
+    query, supports, masks, _, _ = episode(2, 3, 57)
+    masks[0, 1] = 0  # a support without foreground
+    sparse = model(query, supports, masks)
+    model.set_foreground_sparsity(False)
+    dense = model(query, supports, masks)
+    for a, b in zip(
+        [*sparse[:3], *sparse.correlations], [*dense[:3], *dense.correlations], strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_channels_last_and_bf16_options_keep_outputs_close():
+    torch.manual_seed(9)
+    model = build_hdmnet("small", 15, 1, embed_dim=16).eval()
+    query, supports, masks, _, _ = episode(1, 1, 41)
+    plain = model(query, supports, masks)
+    model.configure_inference(channels_last=True)
+    fast = model(query, supports, masks)
+    assert torch.allclose(plain.final, fast.final, atol=1e-4)
+    model.configure_inference(bf16=True)
+    half = model(query, supports, masks)
+    assert half.final.dtype in (torch.bfloat16, torch.float32)
+    assert torch.allclose(plain.final, half.final.float(), atol=0.1)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from hdmnet.model.backbone import build_backbone, run_layers
 from hdmnet.model.losses import distillation_loss, segmentation_ce
 from hdmnet.model.pspnet import PPM, head_dims
-from hdmnet.model.transformer import ATTENTIONS, Transformer
+from hdmnet.model.transformer import ATTENTIONS, CrossAttention, Transformer
 
 # Modules copied from the PSPNet base learner and frozen during meta-training.
 FROZEN_MODULES = ("layer0", "layer1", "layer2", "layer3", "layer4", "ppm", "cls", "base_learnear")
@@ -238,6 +238,7 @@ class HDMNet(nn.Module):
         self.keep_bn_frozen = keep_bn_frozen
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
+        self.sparse_foreground = True
 
         for i in range(5):
             setattr(self, f"layer{i}", getattr(backbone, f"layer{i}"))
@@ -306,6 +307,17 @@ class HDMNet(nn.Module):
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return self
+
+    def set_foreground_sparsity(self, enabled: bool) -> None:
+        """Compute priors and matching on foreground support positions only (default True).
+
+        Both forms give the same values (background positions contribute exactly zero); the
+        dense form is the straightforward reference used by tests and the benchmark.
+        """
+        self.sparse_foreground = enabled
+        for module in self.modules():
+            if isinstance(module, CrossAttention):
+                module.sparse = enabled
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -436,12 +448,9 @@ class HDMNet(nn.Module):
         supp_feat = self.supp_merge(torch.cat([supp_feat, supp_pro.expand_as(supp_feat)], 1))
         proto = supp_pro.reshape(b, shots, -1, 1, 1).mean(1)
 
+        prior = prior_similarity if self.sparse_foreground else prior_similarity_dense
         similarity = torch.cat(
-            [
-                prior_similarity(query.feat5, s_feat5, mask),
-                prior_similarity(query.layer4, s_layer4, mask),
-            ],
-            1,
+            [prior(query.feat5, s_feat5, mask), prior(query.layer4, s_layer4, mask)], 1
         )
         query_feat = self.query_merge(
             torch.cat([query_feat, proto.expand_as(query_feat), similarity * SIMILARITY_SCALE], 1)

@@ -167,13 +167,17 @@ class CrossAttention(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         self.attn = MultiheadProjection(dim, heads)
         self.attention = attention
+        # Foreground-only evaluation of the matching module (same values, less work).
+        self.sparse = True
 
     def forward(self, query: Tensor, support: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         q, k, v = self.attn.qkv(query, support)
         if self.attention == "dot":
             out, corr = dot_attention(q, k, v, mask)
-        else:
+        elif self.sparse:
             out, corr = matching_attention_sparse(q, k, v, mask)
+        else:
+            out, corr = matching_attention(q, k, v, mask)
         return self.attn.merge(out), corr
 
 
