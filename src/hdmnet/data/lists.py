@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from hdmnet.data.errors import DataError
 from hdmnet.data.folds import IGNORE, apply_label_map, fold_classes, num_classes
-from hdmnet.data.masks import DataError, class_pixel_counts, read_mask
+from hdmnet.data.masks import class_pixel_counts, read_mask
 from hdmnet.fileio import atomic_path, write_json, write_text
 from hdmnet.progress import progress
 
