@@ -223,22 +223,56 @@ def test_same_seed_same_bytes_other_seed_other_data(
 ) -> None:
     import dataclasses
     import json
+    import os
+    import subprocess
+    import sys
 
-    again = generate(tmp_path / "again", small_config)
+    # A fresh process with another string-hash seed: set iteration order must not leak in.
+    config_json = json.dumps(dataclasses.asdict(small_config))
+    code = (
+        "import json, sys; from pathlib import Path; "
+        "from hdmnet.data.synth import SynthConfig, generate; "
+        "generate(Path(sys.argv[1]), SynthConfig.from_dict(json.loads(sys.argv[2])))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "again"), config_json], check=True, env=env
+    )
     first = json.loads((small_dir / "manifest.json").read_text())
-    assert again == first
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text()) == first
     for name in FILES:
         assert (tmp_path / "again" / name).read_bytes() == (small_dir / name).read_bytes()
-    other = generate(
-        tmp_path / "other", dataclasses.replace(small_config, seed=small_config.seed + 1)
-    )
+    other_config = dataclasses.replace(small_config, seed=small_config.seed + 1)
+    other = generate(tmp_path / "other", other_config)
     for name in FILES:
         assert other["files"][name]["sha256"] != first["files"][name]["sha256"], name
     coco = coco_reader(tmp_path / "other", tmp_path / "json")
-    assert (
-        coco.document("val")["images"]
-        != coco_reader(small_dir, tmp_path / "json0").document("val")["images"]
-    )
+    before = coco_reader(small_dir, tmp_path / "json0")
+    assert coco.document("val")["images"] != before.document("val")["images"]
+
+
+def test_config_from_dict_round_trip(small_config) -> None:
+    import dataclasses
+
+    from hdmnet.data.synth import SynthConfig
+
+    values = dataclasses.asdict(small_config)
+    values["image_side_range"] = list(values["image_side_range"])
+    assert SynthConfig.from_dict(values) == small_config
+    with pytest.raises(ValueError, match=r"unknown SynthConfig keys \['voc_tain'\]"):
+        SynthConfig.from_dict({"voc_tain": 3})
+
+
+def test_voc_masks_are_the_rendered_scenes(small_pascal, small_config) -> None:
+    from hdmnet.data.synth.pascal import plan_pascal, render_pascal_image
+
+    _, plans = plan_pascal(small_config)
+    for image_id in small_pascal.voc_list("val")[:10]:
+        scene = render_pascal_image(small_config, image_id, plans[image_id])
+        expected = scene.voc_mask(small_config.voc_border_width)
+        assert np.array_equal(small_pascal.voc_mask(image_id), expected)
+        decoded = small_pascal.image(image_id).astype(int)
+        assert np.abs(decoded - scene.image).mean() < 8  # only JPEG loss (noise, fine textures)
 
 
 def test_jpeg_quality_is_applied(small_pascal) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from hdmnet.data.synth.scene import LIST_THRESHOLD
 
@@ -85,3 +87,13 @@ class SynthConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_visible < 1:
             raise ValueError(f"min_visible must be >= 1, got {self.min_visible}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SynthConfig:
+        """Config from a mapping such as ``params.yaml`` or a manifest's ``config`` (lists ok)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown SynthConfig keys {unknown}; known keys: {sorted(known)}")
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)

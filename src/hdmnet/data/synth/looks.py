@@ -239,7 +239,7 @@ def render_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     c2 = hsv_to_rgb(hue + rng.uniform(90, 270), rng.uniform(0.05, 0.25), rng.uniform(0.3, 0.8))
     angle = rng.uniform(0, 2.0 * math.pi)
     # Everything is built at a coarse grid and upsampled once: smooth content needs no detail.
-    gh, gw = max(2, h // 8), max(2, w // 8)
+    gh, gw = max(2, h // 4), max(2, w // 4)
     ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float32)
     ramp = math.cos(angle) * xs / gw + math.sin(angle) * ys / gh
     ramp = (ramp - ramp.min()) / max(1e-6, float(ramp.max() - ramp.min()))
@@ -247,11 +247,11 @@ def render_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     lum = cv2.resize(rng.standard_normal(lum_cells, dtype=np.float32), (gw, gh), cv2.INTER_CUBIC)
     blot_cells = (max(2, h // 24), max(2, w // 24))
     blot = cv2.resize(rng.standard_normal(blot_cells, dtype=np.float32), (gw, gh), cv2.INTER_CUBIC)
-    weight = np.clip((blot - 0.6) * 1.5, 0.0, 0.45)
+    weight = cv2.GaussianBlur(np.clip((blot - 0.6) * 1.5, 0.0, 0.45), (0, 0), 1.0)
     coarse = c0 + ramp[..., None] * (c1 - c0).astype(np.float32)
     coarse *= (1.0 + 0.08 * lum)[..., None]  # low-frequency luminance variation
     coarse += weight[..., None] * (c2.astype(np.float32) - coarse)  # soft muted blotches
-    image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     # Uniform noise is several times cheaper to draw than Gaussian and looks the same here.
     image += (rng.random((h, w, 3), dtype=np.float32) - 0.5) * 8.0
     return image
