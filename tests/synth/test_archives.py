@@ -207,8 +207,8 @@ def test_manifest_checksums_match_files(small_dir: Path, small_config) -> None:
     import json
 
     manifest = json.loads((small_dir / "manifest.json").read_text())
-    assert set(manifest["files"]) == set(FILES)
-    for name, entry in manifest["files"].items():
+    assert set(manifest["archives"]) == set(FILES)
+    for name, entry in manifest["archives"].items():
         path = small_dir / name
         assert entry["name"] == name
         assert entry["size"] == path.stat().st_size
@@ -245,7 +245,7 @@ def test_same_seed_same_bytes_other_seed_other_data(
     other_config = dataclasses.replace(small_config, seed=small_config.seed + 1)
     other = generate(tmp_path / "other", other_config)
     for name in FILES:
-        assert other["files"][name]["sha256"] != first["files"][name]["sha256"], name
+        assert other["archives"][name]["sha256"] != first["archives"][name]["sha256"], name
     coco = coco_reader(tmp_path / "other", tmp_path / "json")
     before = coco_reader(small_dir, tmp_path / "json0")
     assert coco.document("val")["images"] != before.document("val")["images"]
@@ -282,3 +282,27 @@ def test_jpeg_quality_is_applied(small_pascal) -> None:
     assert jpeg.format == "JPEG" and jpeg.mode == "RGB"
     # Quality 90 gives a luminance quantisation table with small steps.
     assert max(jpeg.quantization[0]) < 40
+
+
+def test_synth_config_from_params_block() -> None:
+    from types import SimpleNamespace
+
+    from hdmnet.data.synth import SynthConfig, synth_config
+
+    assert synth_config({"seed": 0, "scale": 1.0}) == SynthConfig()
+    half = synth_config(SimpleNamespace(seed=4, scale=0.5))
+    assert half.seed == 4
+    assert (half.voc_train, half.voc_val, half.coco_train, half.coco_val) == (150, 75, 500, 250)
+    assert half.anchors_per_class == 4
+    assert synth_config({"seed": 0, "scale": 0.75}).anchors_per_class == 6  # 5-shot still safe
+    assert synth_config({"seed": 0, "scale": 3}).anchors_per_class == 8
+    with pytest.raises(ValueError, match=r"synth\.scale must be a positive number"):
+        synth_config({"seed": 0, "scale": 0})
+
+
+def test_infeasible_config_fails_before_writing(tmp_path: Path) -> None:
+    from hdmnet.data.synth import synth_config
+
+    with pytest.raises(ValueError, match=r"PASCAL val \(voc_val\): 15 images cannot hold"):
+        generate(tmp_path / "out", synth_config({"seed": 0, "scale": 0.1}))
+    assert not (tmp_path / "out").exists()

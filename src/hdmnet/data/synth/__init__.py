@@ -5,7 +5,7 @@
 ``manifest.json`` (sizes, MD5 and SHA-256 of each file).
 """
 
-from hdmnet.data.synth.config import SynthConfig
+from hdmnet.data.synth.config import SynthConfig, synth_config
 from hdmnet.data.synth.generate import FILES, MANIFEST, generate
 
-__all__ = ["FILES", "MANIFEST", "SynthConfig", "generate"]
+__all__ = ["FILES", "MANIFEST", "SynthConfig", "generate", "synth_config"]

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = generate(args.out_dir, dataclasses.replace(SynthConfig(), seed=args.seed))
-    print(json.dumps(manifest["files"], indent=2))
+    print(json.dumps(manifest["archives"], indent=2))
 
 
 if __name__ == "__main__":

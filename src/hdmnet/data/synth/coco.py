@@ -173,9 +173,14 @@ def annotations_of(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     return annotations
 
 
-def write_coco(out_dir: Path, config: SynthConfig) -> dict[str, int]:
-    """Write the three COCO 2014 zips into ``out_dir``; return split sizes."""
-    plans = plan_coco(config)
+def write_coco(
+    out_dir: Path, config: SynthConfig, plans: dict[str, dict[int, list[ObjectSpec]]] | None = None
+) -> dict[str, int]:
+    """Write the three COCO 2014 zips into ``out_dir``; return split sizes.
+
+    ``plans`` is ``plan_coco(config)``, computed here when not given.
+    """
+    plans = plans if plans is not None else plan_coco(config)
     looks = make_looks(np.random.default_rng([config.seed, 20]), len(COCO_IDS))
     documents = {}
     next_ann_id = 1

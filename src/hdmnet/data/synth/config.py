@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from hdmnet.data.synth.scene import LIST_THRESHOLD
@@ -97,3 +97,35 @@ class SynthConfig:
             raise ValueError(f"unknown SynthConfig keys {unknown}; known keys: {sorted(known)}")
         converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return cls(**converted)
+
+
+#: Image counts that ``synth.scale`` multiplies.
+SCALED_COUNTS = (
+    "voc_train",
+    "voc_val",
+    "voc_unlabelled",
+    "sbd_images",
+    "sbd_from_voc_train",
+    "sbd_from_voc_val",
+    "coco_train",
+    "coco_val",
+)
+
+
+def synth_config(synth: Any) -> SynthConfig:
+    """``SynthConfig`` from the ``synth`` block of params.yaml (``seed``, ``scale``).
+
+    ``scale`` multiplies every image count of the defaults. The per-class anchor quota shrinks
+    with it (8 at scale 1, never below 2): from scale 0.75 up, every class keeps the 6 images per
+    split and fold that 5-shot episodes need; smaller scales still give 1-shot episodes, and
+    scales too small even for that are refused by the planner with the split named.
+    """
+    values = synth if isinstance(synth, Mapping) else vars(synth)
+    seed, scale = values.get("seed", 0), values.get("scale", 1.0)
+    if not isinstance(scale, int | float) or scale <= 0:
+        raise ValueError(f"synth.scale must be a positive number, got {scale!r}")
+    base = SynthConfig()
+    counts = {name: max(1, round(getattr(base, name) * scale)) for name in SCALED_COUNTS}
+    counts["voc_unlabelled"] = round(base.voc_unlabelled * scale)
+    anchors = min(base.anchors_per_class, max(2, round(base.anchors_per_class * scale)))
+    return replace(base, seed=int(seed), anchors_per_class=anchors, **counts)

@@ -8,9 +8,9 @@ import logging
 import time
 from pathlib import Path
 
-from hdmnet.data.synth.coco import ANNOTATIONS_ZIP, TRAIN_ZIP, VAL_ZIP, write_coco
+from hdmnet.data.synth.coco import ANNOTATIONS_ZIP, TRAIN_ZIP, VAL_ZIP, plan_coco, write_coco
 from hdmnet.data.synth.config import SynthConfig
-from hdmnet.data.synth.pascal import SBD_TGZ, TRAIN_NOVAL, VOC_TAR, write_pascal
+from hdmnet.data.synth.pascal import SBD_TGZ, TRAIN_NOVAL, VOC_TAR, plan_pascal, write_pascal
 from hdmnet.fileio import file_digest, write_json
 
 log = logging.getLogger("hdmnet")
@@ -43,18 +43,25 @@ def generate(out_dir: Path, config: SynthConfig = SynthConfig()) -> dict:  # noq
     """Write the PASCAL (VOC + SBD) and COCO 2014 stand-in archives and ``manifest.json``.
 
     Every file is written atomically; the manifest (returned) is written last, so its presence
-    means the set is complete. The same config gives byte-identical files.
+    means the set is complete. ``manifest["archives"]`` maps each file name to its size, MD5
+    and SHA-256 (the form ``hdmnet.data.download.specs_from_manifest`` reads). The same config
+    gives byte-identical files.
     """
     out_dir = Path(out_dir)
+    # Plan both data sets first: a config that cannot be satisfied fails before any writing.
+    pascal_plan, coco_plan = plan_pascal(config), plan_coco(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    contents = {"pascal": write_pascal(out_dir, config), "coco": write_coco(out_dir, config)}
+    contents = {
+        "pascal": write_pascal(out_dir, config, pascal_plan),
+        "coco": write_coco(out_dir, config, coco_plan),
+    }
     manifest = {
         "format": MANIFEST_FORMAT,
         "generator": "hdmnet.data.synth",
         "config": dataclasses.asdict(config),
         "contents": contents,
-        "files": {name: describe(out_dir / name, dataset) for name, dataset in FILES.items()},
+        "archives": {name: describe(out_dir / name, dataset) for name, dataset in FILES.items()},
     }
     manifest = json.loads(json.dumps(manifest))  # returned exactly as written (tuples -> lists)
     write_json(out_dir / MANIFEST, manifest)

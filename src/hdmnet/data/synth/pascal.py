@@ -210,9 +210,16 @@ def _render(config: SynthConfig, looks: list, image_id: str, specs: list[ObjectS
     return render_scene(rng, size, specs, looks, config.min_visible, config.voc_border_width)
 
 
-def write_pascal(out_dir: Path, config: SynthConfig) -> dict[str, int]:
-    """Write the VOC tar, the SBD tgz and train_noval.txt into ``out_dir``; return split sizes."""
-    layout, plans = plan_pascal(config)
+def write_pascal(
+    out_dir: Path,
+    config: SynthConfig,
+    plan: tuple[PascalLayout, dict[str, list[ObjectSpec]]] | None = None,
+) -> dict[str, int]:
+    """Write the VOC tar, the SBD tgz and train_noval.txt into ``out_dir``; return split sizes.
+
+    ``plan`` is ``plan_pascal(config)``, computed here when not given.
+    """
+    layout, plans = plan if plan is not None else plan_pascal(config)
     looks = make_looks(np.random.default_rng([config.seed, 10]), len(VOC_CLASSES))
     has_voc_mask = set(layout.voc_train) | set(layout.voc_val)
     in_sbd = set(layout.sbd)

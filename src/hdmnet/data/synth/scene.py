@@ -126,7 +126,8 @@ def plan_split(
     if len(anchor_sets) > n_images:
         raise ValueError(
             f"{split_name}: {n_images} images cannot hold {anchors_per_class} anchor images per "
-            f"class ({len(anchor_sets)} needed); raise the image count or lower anchors_per_class"
+            f"class ({len(anchor_sets)} needed); raise the image count (synth.scale) or lower "
+            "anchors_per_class"
         )
     labels = np.arange(1, n_classes + 1)
     for anchors in anchor_sets:
