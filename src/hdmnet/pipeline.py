@@ -1,0 +1,91 @@
+"""The stage graph shared by Snakemake and DVC: which parameters each job depends on.
+
+A job's *digest* hashes exactly the parameters that change its result. The Snakefile passes it
+as a rule parameter, so Snakemake's ``params`` rerun trigger reruns a job exactly when one of
+those parameters changes: a new meta-learning rate retrains every meta-learner but no base
+learner; a variant's override retrains only that variant; report settings retrain nothing.
+dvc.yaml lists the same keys as ``params`` dependencies (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from hdmnet import layout
+from hdmnet.config import Params
+from hdmnet.layout import Run
+
+# Parameter keys per stage, as dotted paths; "{dataset}" is filled in per job.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "synth": ("synth",),
+    "download": ("data.source", "data.mirror", "data.local_files"),
+    "prepare": ("data.source", "data.coco_split", "data.min_pixels"),
+    "train_base": (
+        "base.{dataset}",
+        "model.small_blocks",
+        "model.small_width",
+        "model.pretrained",
+        "train.seed",
+        "data.coco_split",
+        "data.min_pixels",
+    ),
+    "train": (
+        "meta.{dataset}.epochs",
+        "meta.{dataset}.batch_size",
+        "meta.{dataset}.lr",
+        "meta.{dataset}.weight_decay",
+        "meta.{dataset}.image_size",
+        "meta.{dataset}.scale",
+        "meta.{dataset}.val_episodes",
+        "meta.{dataset}.val_every",
+        "meta.distill_weight",
+        "meta.base_weight",
+        "model.attention",
+        "model.stages",
+        "model.distill",
+        "model.ensemble",
+        "model.fix_quirks",
+        "model.embed_dim",
+        "data.exclude_novel",
+        "train.seed",
+    ),
+    "evaluate": (
+        "meta.{dataset}.image_size",
+        "meta.{dataset}.test_episodes",
+        "meta.selection",
+        "eval.seeds",
+        "eval.support_annotation",
+    ),
+}
+
+
+def lookup(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def stage_keys(stage: str, dataset: str | None = None) -> list[str]:
+    return [key.format(dataset=dataset) for key in STAGE_KEYS[stage]]
+
+
+def digest(params: Params, stage: str, dataset: str | None = None) -> str:
+    """Short hash of the parameters one job of ``stage`` depends on."""
+    values = {key: lookup(params.raw, key) for key in stage_keys(stage, dataset)}
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_digest(params: Params, run: Run, stage: str) -> str:
+    """Digest of a meta-learner job, with its variant's overrides applied."""
+    return digest(params.for_variant(run.variant), stage, run.dataset)
+
+
+def final_targets(params: Params) -> list[str]:
+    """What ``rule all`` (and ``dvc repro``) must produce."""
+    targets = [str(layout.metrics_file(params, run)) for run in layout.all_runs(params)]
+    targets += [str(layout.tables_dir(params) / "main.md"), str(layout.report_file(params))]
+    return targets

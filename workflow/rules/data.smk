@@ -1,0 +1,56 @@
+# Data: generate (embedded preset) -> download/verify/extract -> prepare (masks, lists, folds).
+
+
+if PARAMS.data.source == "synthetic":
+
+    rule synth:
+        output:
+            manifest=layout.synth_dir(PARAMS) / "manifest.json",
+        log:
+            "logs/synth.log",
+        conda:
+            "../envs/hdmnet.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            digest=pipeline.digest(PARAMS, "synth"),
+        shell:
+            HDMNET.format(cmd="synth") + " > {log} 2>&1"
+
+
+rule download:
+    input:
+        download_inputs,
+    output:
+        marker=layout.raw_dir(PARAMS) / "{dataset}.downloaded.json",
+    log:
+        "logs/download/{dataset}.log",
+    conda:
+        "../envs/hdmnet.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=600,
+    params:
+        digest=pipeline.digest(PARAMS, "download"),
+    shell:
+        HDMNET.format(cmd="download") + " --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        layout.raw_dir(PARAMS) / "{dataset}.downloaded.json",
+    output:
+        marker=DATA / "{dataset}" / "prepared.json",
+    log:
+        "logs/prepare/{dataset}.log",
+    conda:
+        "../envs/hdmnet.yaml"
+    threads: max(1, PARAMS.data.workers)
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        digest=lambda w: pipeline.digest(PARAMS, "prepare", w.dataset),
+    shell:
+        HDMNET.format(cmd="prepare") + " {wildcards.dataset} > {log} 2>&1"

@@ -1,0 +1,53 @@
+# Tables from the metrics records, then figures and the HTML ablation report.
+
+METRICS = [str(layout.metrics_file(PARAMS, run)) for run in layout.all_runs(PARAMS)]
+
+
+rule aggregate:
+    input:
+        METRICS,
+    output:
+        main=report(
+            RESULTS / "tables/main.md",
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        csv=RESULTS / "tables/main.csv",
+        latex=RESULTS / "tables/main.tex",
+    log:
+        "logs/aggregate.log",
+    conda:
+        "../envs/hdmnet.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        HDMNET.format(cmd="aggregate") + " > {log} 2>&1"
+
+
+rule report:
+    input:
+        METRICS,
+        RESULTS / "tables/main.md",
+    output:
+        html=report(
+            RESULTS / "report/index.html",
+            caption="../report/ablation.rst",
+            category="Report",
+        ),
+        figures=report(
+            directory(RESULTS / "figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/hdmnet.yaml"
+    threads: PARAMS.train.threads
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        HDMNET.format(cmd="report") + " > {log} 2>&1"
