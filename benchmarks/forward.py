@@ -124,25 +124,30 @@ def time_side_by_side(args: argparse.Namespace, shots: int, device: torch.device
     out_ours = ours(model, *episode)  # warm-up, and the outputs to compare
     out_ref = reference(model, *episode) if not args.skip_reference else None
     times: dict[str, list[float]] = {"ours": [], "reference": []}
+    cpu: dict[str, list[float]] = {"ours": [], "reference": []}
     for _ in range(args.reps):
         for name, fn in (("ours", ours), ("reference", reference)):
             if name == "reference" and args.skip_reference:
                 continue
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn(model, *episode)
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1000.0)
+            # CPU time of all threads: steadier than wall time on a shared machine.
+            cpu[name].append((time.process_time() - start_cpu) * 1000.0)
     row = {
         "shots": shots,
         "ours_ms": statistics.median(times["ours"]),
         "ours_min_ms": min(times["ours"]),
+        "ours_cpu_ms": statistics.median(cpu["ours"]),
         "ours_runs_ms": times["ours"],
         "fg_fraction": float((episode[2] == 1).float().mean()),
     }
     if out_ref is not None:
         row["reference_ms"] = statistics.median(times["reference"])
         row["reference_min_ms"] = min(times["reference"])
+        row["reference_cpu_ms"] = statistics.median(cpu["reference"])
         row["reference_runs_ms"] = times["reference"]
         row["speedup"] = row["reference_ms"] / row["ours_ms"]
         row["max_abs_diff"] = max_abs_diff(out_ours, out_ref)
@@ -165,10 +170,25 @@ def memory_child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize(device)
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        base = _peak_rss_kib()
         fn(model, *episode)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        peak = (_peak_rss_kib() - base) / 1024
     print(json.dumps({"peak_mb": peak}))
+
+
+def _peak_rss_kib() -> int:
+    """High-water mark of this process's resident set (KiB).
+
+    ``VmHWM`` belongs to the current address space, whereas ``ru_maxrss`` of a child started by
+    fork + exec also carries the parent's peak, which would hide the child's own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_memory(args: argparse.Namespace, which: str, shots: int) -> float:
@@ -221,12 +241,17 @@ def main(argv: list[str] | None = None) -> None:
             if not args.skip_reference:
                 row["reference_peak_mb"] = peak_memory(args, "reference", shots)
         rows.append(row)
-        line = f"{shots} shot(s): ours {row['ours_ms']:.0f} ms (min {row['ours_min_ms']:.0f})"
+        line = (
+            f"{shots} shot(s): ours {row['ours_ms']:.0f} ms (min {row['ours_min_ms']:.0f}, "
+            f"cpu {row['ours_cpu_ms']:.0f})"
+        )
         if "reference_ms" in row:
             diff = max(row["max_abs_diff"].values())
             line += (
-                f" | reference {row['reference_ms']:.0f} ms (min {row['reference_min_ms']:.0f})"
-                f" | speedup x{row['speedup']:.2f} | max abs diff {diff:.2e}"
+                f" | reference {row['reference_ms']:.0f} ms (min {row['reference_min_ms']:.0f}, "
+                f"cpu {row['reference_cpu_ms']:.0f}) | speedup x{row['speedup']:.2f} "
+                f"(cpu x{row['reference_cpu_ms'] / row['ours_cpu_ms']:.2f})"
+                f" | max abs diff {diff:.2e}"
             )
         if "ours_peak_mb" in row:
             line += f" | peak MB ours {row['ours_peak_mb']:.0f}"

@@ -24,6 +24,7 @@ VERSION = 1
 # Fields compared by check_compatible, in the order they are reported.
 META_FIELDS = ("kind", "dataset", "fold", "shot", "backbone")
 NUM_CLASSES_TO_DATASET = {16: "pascal", 61: "coco"}
+BN_COUNTER = "num_batches_tracked"
 
 
 class CheckpointError(ValueError):
@@ -57,8 +58,12 @@ def state_dict_of(obj: Mapping[str, Any]) -> dict[str, Tensor]:
 def describe_mismatch(
     model_state: Mapping[str, Tensor], state: Mapping[str, Tensor], limit: int = 20
 ) -> str:
-    """Human-readable list of missing / unexpected keys and shape mismatches ('' if none)."""
-    missing = [k for k in model_state if k not in state]
+    """Human-readable list of missing / unexpected keys and shape mismatches ('' if none).
+
+    A missing BatchNorm ``num_batches_tracked`` is tolerated: files saved by old PyTorch
+    versions (torchvision's VGG-16-BN, PSPNet's resnet50_v2) do not have it.
+    """
+    missing = [k for k in model_state if k not in state and not k.endswith(BN_COUNTER)]
     unexpected = [k for k in state if k not in model_state]
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}"
@@ -83,10 +88,20 @@ def load_state_into(
     module: nn.Module, state: Mapping[str, Tensor], source: str = "state dict"
 ) -> None:
     """Strict ``load_state_dict`` that names every missing/unexpected key and shape mismatch."""
-    problems = describe_mismatch(module.state_dict(), state)
+    own = module.state_dict()
+    problems = describe_mismatch(own, state)
     if problems:
         raise CheckpointError(f"{source} does not fit {type(module).__name__}: {problems}")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(_with_bn_counters(own, state), strict=True)
+
+
+def _with_bn_counters(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Fill absent ``num_batches_tracked`` entries with the model's own values."""
+    filled = dict(state)
+    for key, value in own.items():
+        if key.endswith(BN_COUNTER) and key not in filled:
+            filled[key] = value
+    return filled
 
 
 def pspnet_to_hdmnet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -112,7 +127,7 @@ def load_base_learner_into(model: nn.Module, state: Mapping[str, Any]) -> None:
     problems = describe_mismatch(target, mapped)
     if problems:
         raise CheckpointError(f"PSPNet base learner does not fit this HDMNet: {problems}")
-    result = model.load_state_dict(mapped, strict=False)
+    result = model.load_state_dict(_with_bn_counters(target, mapped), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
 
 
