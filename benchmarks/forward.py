@@ -14,6 +14,11 @@ of the resident set's high-water mark; CUDA: ``max_memory_allocated``).
 
     python benchmarks/forward.py                       # ResNet-50, 473x473, 1 and 5 shots
     python benchmarks/forward.py --backbone small --size 129 --reps 5
+
+Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, median of 5):
+1 shot 3.6 s vs reference 5.9 s (x1.65), 5 shots 11.5 s vs 24.5 s (x2.12); max abs diff
+4.8e-7; peak memory growth 463 vs 733 MB and 1237 vs 2303 MB. Channels-last is slower on
+this CPU (4.4 s for 1 shot); it is meant for CUDA.
 """
 
 from __future__ import annotations
