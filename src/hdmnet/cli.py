@@ -18,8 +18,6 @@ log = logging.getLogger("hdmnet")
 
 # Stages whose implementation lands with a later issue; they refuse to run instead of faking work.
 STAGES_TO_COME: dict[str, str] = {
-    "download": "issue 3, data stages",
-    "prepare": "issue 3, data stages",
     "train-base": "issue 5, training engines",
     "train": "issue 5, training engines",
     "evaluate": "issue 5, evaluation engine",
@@ -86,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = add("synth", "generate the embedded data sets as archives in the real layout")
     cmd.add_argument("--out", type=Path, help="output folder (default: <data>/synth)")
 
-    add("download", "fetch, verify and extract the archives of the selected preset")
+    cmd = add("download", "fetch, verify and extract the archives of the selected preset")
+    cmd.add_argument(
+        "--dataset",
+        action="append",
+        choices=["pascal", "coco"],
+        help="data set whose archives to fetch (repeatable; default: grid.datasets)",
+    )
 
     cmd = add("prepare", "convert masks, build full lists, fold lists and base annotations")
     cmd.add_argument("dataset", choices=["pascal", "coco"])
@@ -122,9 +126,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.overrides)
     out = args.out or layout.synth_dir(params)
-    manifest = generate(out, synth_config(params.synth))
-    log.info("generated %d files in %s", len(manifest["archives"]), out)
+    generate(out, synth_config(params.synth))
     print(f"Embedded data sets written to {out} (manifest: {out / 'manifest.json'})")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from hdmnet.data import stages
+
+    params = load_params(args.params, args.overrides)
+    for dataset in args.dataset or params.grid.datasets:
+        marker = stages.download(params, dataset)
+        print(f"{dataset}: archives verified and extracted ({marker})")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from hdmnet.data import stages
+
+    params = load_params(args.params, args.overrides)
+    marker = stages.prepare(params, args.dataset)
+    print(f"{args.dataset}: prepared ({marker})")
     return 0
 
 
@@ -148,6 +170,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": _cmd_config,
     "synth": _cmd_synth,
     "demo": _cmd_demo,
+    "download": _cmd_download,
+    "prepare": _cmd_prepare,
 }
 
 
@@ -160,7 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS.get(args.command, _not_built(args.command))
     try:
         return handler(args)
-    except (ParamsError, StageError) as error:
+    except (ParamsError, StageError, ValueError, OSError, RuntimeError) as error:
+        # Expected failures (bad input, missing files, checksum errors) get one clear line;
+        # --verbose shows the traceback.
+        if args.verbose:
+            raise
         print(f"hdmnet {args.command}: error: {error}", file=sys.stderr)
         return 2
 

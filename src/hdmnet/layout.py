@@ -62,10 +62,14 @@ def prepared_dir(params: Params, dataset: str) -> Path:
     return data_dir(params) / dataset
 
 
+def split_folder(dataset: str, scheme: str, exclude_novel: bool) -> str:
+    """Fold-list folder name: the fold scheme (one on PASCAL) and the exclusion rule."""
+    name = "pascal5i" if dataset == "pascal" else scheme
+    return name if exclude_novel else f"{name}-noexcl"
+
+
 def split_name(params: Params, dataset: str) -> str:
-    """Fold scheme folder: the COCO scheme, and whether novel-class images are excluded."""
-    scheme = params.data.coco_split if dataset == "coco" else "pascal5i"
-    return scheme if params.data.exclude_novel else f"{scheme}-noexcl"
+    return split_folder(dataset, params.data.coco_split, params.data.exclude_novel)
 
 
 def fold_dir(params: Params, dataset: str, fold: int) -> Path:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,7 +28,7 @@ from hdmnet.data.errors import DataError
 from hdmnet.data.folds import IGNORE, apply_label_map, fold_classes, num_classes
 from hdmnet.data.masks import class_pixel_counts, read_mask
 from hdmnet.fileio import atomic_path, write_json, write_text
-from hdmnet.progress import progress
+from hdmnet.parallel import parallel_map
 
 MIN_PIXELS = 2 * 32 * 32
 MODES = ("train", "val")
@@ -131,24 +129,6 @@ def _count_one(
     return counts, int(mask.size - counts.sum())
 
 
-def _worker_init() -> None:
-    # One OpenCV thread per worker process: the pool already fills the cores.
-    cv2.setNumThreads(1)
-
-
-def _map(fn, items: Sequence, workers: int | None, desc: str) -> list:
-    """``map`` in a process pool (order kept) with a progress bar; serial for one worker."""
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    workers = min(workers, max(1, len(items)))
-    if workers == 1:
-        return list(progress(map(fn, items), total=len(items), desc=desc))
-    chunk = max(1, min(256, len(items) // (workers * 8)))
-    with multiprocessing.get_context().Pool(workers, initializer=_worker_init) as pool:
-        return list(progress(pool.imap(fn, items, chunksize=chunk), total=len(items), desc=desc))
-
-
 def count_classes(
     root: str | os.PathLike[str],
     list_file: str | os.PathLike[str],
@@ -166,7 +146,7 @@ def count_classes(
     fn = functools.partial(
         _count_one, root=str(root), num_classes=num_classes, check_images=check_images
     )
-    results = _map(fn, items, workers, desc=f"count classes {Path(list_file).name}")
+    results = parallel_map(fn, items, workers, desc=f"count classes {Path(list_file).name}")
     counts = np.zeros((len(items), num_classes + 1), dtype=np.int64)
     ignore = np.zeros(len(items), dtype=np.int64)
     for i, (row, ign) in enumerate(results):
@@ -505,4 +485,4 @@ def write_base_annotations(
         out_dir=str(out_dir),
         num_classes=lut_num_classes(lut),
     )
-    _map(fn, list(items), workers, desc="base annotations")
+    parallel_map(fn, list(items), workers, desc="base annotations")

@@ -39,13 +39,12 @@ from hdmnet.data.errors import DataError
 from hdmnet.data.prepare_common import (
     jpeg_size,
     link_dir,
-    map_jobs,
     read_label_png,
     remove_temp_files,
-    worker_pool,
     write_label_png,
 )
 from hdmnet.fileio import write_json, write_text
+from hdmnet.parallel import map_jobs, worker_pool
 
 log = logging.getLogger(__name__)
 

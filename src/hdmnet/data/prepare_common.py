@@ -12,12 +12,8 @@ checksums already rule out.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +22,6 @@ from PIL import Image, PngImagePlugin
 
 from hdmnet.data.errors import DataError
 from hdmnet.fileio import atomic_path
-from hdmnet.progress import progress
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -113,31 +108,3 @@ def remove_temp_files(*folders: Path) -> None:
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[Pool | None]:
-    """A process pool of ``workers`` processes, or None (run in-process) for 0 or 1.
-
-    Create it before loading large inputs: forked workers then do not inherit them.
-    """
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if workers <= 1:
-        yield None
-        return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield pool
-
-
-def map_jobs(
-    pool: Pool | None, func: Callable[[J], R], jobs: Sequence[J], desc: str
-) -> Iterator[R]:
-    """Run ``func`` over ``jobs`` (results in completion order) with a progress bar."""
-    if pool is None:
-        results: Iterator[R] = map(func, jobs)
-    else:
-        # Chunks amortise the pickling; small enough that the bar and load balance stay smooth.
-        chunksize = max(1, min(32, len(jobs) // 256))
-        results = pool.imap_unordered(func, jobs, chunksize=chunksize)
-    yield from progress(results, total=len(jobs), desc=desc)

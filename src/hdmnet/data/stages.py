@@ -1,0 +1,130 @@
+"""The data stages as the CLI, Snakemake and DVC run them: download and prepare.
+
+``download`` fetches, verifies and extracts the archives a data set needs (the official ones, a
+mirror, files the user has, or the generated ones of the embedded preset); ``prepare`` converts
+masks, builds the full lists, counts class pixels once and writes the fold lists of every fold
+scheme, with and without the novel-image exclusion rule (so ablations need no re-preparation).
+Each stage ends by writing a small JSON marker that summarises what it produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hdmnet import layout
+from hdmnet.config import Params
+from hdmnet.data import coco, pascal
+from hdmnet.data.download import OFFICIAL_ARCHIVES, ArchiveSpec, download_all, specs_from_manifest
+from hdmnet.data.folds import num_classes
+from hdmnet.data.lists import (
+    build_fold_lists,
+    count_classes,
+    save_counts,
+    write_fold_lists,
+)
+from hdmnet.fileio import file_digest, write_json
+
+log = logging.getLogger("hdmnet.data")
+
+ARCHIVES_OF: dict[str, tuple[str, ...]] = {
+    "pascal": ("voc2012", "sbd", "sbd_train_noval"),
+    "coco": ("coco_train2014", "coco_val2014", "coco_annotations2014"),
+}
+LIST_MODES = ("train", "val")
+
+
+def archive_specs(params: Params, dataset: str) -> list[ArchiveSpec]:
+    """The archives ``dataset`` needs, from the generated manifest or the official table."""
+    if params.data.source == "synthetic":
+        synth = layout.synth_dir(params)
+        manifest_path = synth / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(
+                f"{manifest_path} not found: generate the embedded data first (hdmnet synth)"
+            )
+        specs = specs_from_manifest(json.loads(manifest_path.read_text()), str(synth))
+    else:
+        specs = dict(OFFICIAL_ARCHIVES)
+        if params.data.mirror:
+            specs = {key: _mirrored(spec, params.data.mirror) for key, spec in specs.items()}
+    return [specs[key] for key in ARCHIVES_OF[dataset]]
+
+
+def _mirrored(spec: ArchiveSpec, mirror: str) -> ArchiveSpec:
+    url = f"{mirror.rstrip('/')}/{spec.name}" if "://" in mirror else str(Path(mirror) / spec.name)
+    return ArchiveSpec(spec.name, url, spec.size, spec.md5, spec.sha256, spec.extract_to)
+
+
+def download(params: Params, dataset: str) -> Path:
+    """Fetch, verify and extract the archives of ``dataset``; returns the marker file."""
+    specs = archive_specs(params, dataset)
+    names = {key: spec.name for key, spec in zip(ARCHIVES_OF[dataset], specs, strict=True)}
+    unknown = set(params.data.local_files) - set(OFFICIAL_ARCHIVES)
+    if unknown:
+        raise ValueError(
+            f"data.local_files: unknown archive keys {sorted(unknown)}; "
+            f"known: {sorted(OFFICIAL_ARCHIVES)}"
+        )
+    local = {
+        names[key]: Path(path) for key, path in params.data.local_files.items() if key in names
+    }
+    paths = download_all(specs, layout.archive_dir(params), layout.raw_dir(params), local)
+    marker = layout.raw_dir(params) / f"{dataset}.downloaded.json"
+    record = {
+        "dataset": dataset,
+        "source": params.data.source,
+        "archives": {p.name: {"size": p.stat().st_size, "sha256": file_digest(p)} for p in paths},
+    }
+    write_json(marker, record)
+    return marker
+
+
+def prepare(params: Params, dataset: str) -> Path:
+    """Convert, list, count and split ``dataset``; returns the ``prepared.json`` marker."""
+    out = layout.prepared_dir(params, dataset)
+    raw = layout.raw_dir(params)
+    workers = params.data.workers
+    if dataset == "pascal":
+        train_noval = layout.archive_dir(params) / OFFICIAL_ARCHIVES["sbd_train_noval"].name
+        converted = pascal.prepare_pascal(raw / "pascal", train_noval, out, workers=workers)
+        schemes = ["fwb"]  # PASCAL-5i has one split; the scheme name only matters on COCO
+    elif dataset == "coco":
+        converted = coco.prepare_coco(raw / "coco", out, workers=workers)
+        schemes = ["fwb", "panet"]
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}")
+
+    counts = {}
+    for mode in LIST_MODES:
+        counts[mode] = count_classes(
+            out, out / "lists" / f"{mode}.txt", num_classes(dataset), workers=workers
+        )
+        save_counts(counts[mode], out / f"counts_{mode}.jsonl")
+
+    folds: dict[str, Any] = {}
+    for scheme in schemes:
+        for exclude in (True, False):
+            split = layout.split_folder(dataset, scheme, exclude)
+            for fold in range(4):
+                lists = build_fold_lists(
+                    counts["train"],
+                    counts["val"],
+                    dataset,
+                    fold,
+                    scheme,
+                    exclude_novel=exclude,
+                    min_pixels=params.data.min_pixels,
+                )
+                target = out / "folds" / split / f"fold{fold}"
+                write_fold_lists(lists, target, counts["train"], counts["val"])
+                folds[f"{split}/fold{fold}"] = {
+                    "train_images": len(lists.train.items),
+                    "val_images": len(lists.val.items),
+                }
+    marker = out / "prepared.json"
+    write_json(marker, {"dataset": dataset, "conversion": converted, "folds": folds})
+    log.info("prepared %s in %s (%d fold lists)", dataset, out, len(folds))
+    return marker

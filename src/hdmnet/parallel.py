@@ -1,0 +1,78 @@
+"""Process pools for the data stages (conversion, pixel counting), with progress bars.
+
+Workers come from a *forkserver*: forking the calling process directly can deadlock when it
+holds threads (torch, tqdm's monitor, a test runner), because a child inherits locks held by
+threads that do not exist in it. The forkserver is a fresh single-threaded process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.pool import Pool
+from typing import TypeVar
+
+from hdmnet.progress import progress
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def _worker_init() -> None:
+    # One OpenCV thread per worker process: the pool already fills the cores.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """None -> every core; negative -> error; 0 and 1 both mean in-process."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    return workers
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int | None) -> Iterator[Pool | None]:
+    """A pool of ``workers`` processes, or None (run in-process) for 0 or 1.
+
+    Create it before loading large inputs, so that nothing large is pickled to the workers.
+    """
+    workers = resolve_workers(workers)
+    if workers <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(workers, initializer=_worker_init) as pool:
+        yield pool
+
+
+def map_jobs(
+    pool: Pool | None,
+    func: Callable[[J], R],
+    jobs: Sequence[J],
+    desc: str,
+    ordered: bool = False,
+) -> Iterator[R]:
+    """Run ``func`` over ``jobs`` with a progress bar; completion order unless ``ordered``."""
+    if pool is None:
+        results: Iterator[R] = map(func, jobs)
+    else:
+        # Chunks amortise the pickling; small enough that the bar and load balance stay smooth.
+        chunksize = max(1, min(64, len(jobs) // (8 * pool._processes)))  # type: ignore[attr-defined]
+        mapper = pool.imap if ordered else pool.imap_unordered
+        results = mapper(func, jobs, chunksize=chunksize)
+    yield from progress(results, total=len(jobs), desc=desc)
+
+
+def parallel_map(
+    func: Callable[[J], R], jobs: Sequence[J], workers: int | None, desc: str
+) -> list[R]:
+    """``list(map(func, jobs))`` in a pool of ``workers`` processes, order kept."""
+    workers = min(resolve_workers(workers), max(1, len(jobs)))
+    with worker_pool(workers) as pool:
+        return list(map_jobs(pool, func, jobs, desc, ordered=True))

@@ -1,0 +1,122 @@
+"""The data stages on the generated archives: lists checked against an independent count."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hdmnet import cli, layout
+from hdmnet.config import load_params
+from hdmnet.data import stages
+from hdmnet.data.folds import fold_classes
+
+
+def independent_pairs(root: Path, list_file: Path) -> dict[str, dict[int, int]]:
+    """Class pixel counts per mask, computed here without the package's counting code."""
+    result = {}
+    for line in list_file.read_text().splitlines():
+        _image, mask = line.split()
+        pixels = np.asarray(Image.open(root / mask))
+        values, counts = np.unique(pixels, return_counts=True)
+        result[line] = {
+            int(v): int(n) for v, n in zip(values, counts, strict=True) if v not in (0, 255)
+        }
+    return result
+
+
+def expected_lists(counts, base, novel, exclude, min_pixels=2048):
+    train_items, train_classes = [], defaultdict(list)
+    for line, present in counts["train"].items():
+        if exclude and set(present) & set(novel):
+            continue
+        good = [c for c in base if present.get(c, 0) >= min_pixels]
+        if good:
+            train_items.append(line)
+            for c in good:
+                train_classes[c].append(line)
+    val_items, val_classes = [], defaultdict(list)
+    for line, present in counts["val"].items():
+        good = [c for c in novel if present.get(c, 0) >= min_pixels]
+        if good:
+            val_items.append(line)
+            for c in good:
+                val_classes[c].append(line)
+    return train_items, dict(train_classes), val_items, dict(val_classes)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "scheme"), [("pascal", "fwb"), ("coco", "fwb"), ("coco", "panet")]
+)
+def test_fold_lists_match_an_independent_count(embedded_data, dataset, scheme):
+    root = layout.prepared_dir(embedded_data, dataset)
+    counts = {m: independent_pairs(root, root / "lists" / f"{m}.txt") for m in ("train", "val")}
+    for exclude in (True, False):
+        for fold in range(4):
+            base, novel = fold_classes(dataset, fold, scheme)
+            folder = root / "folds" / layout.split_folder(dataset, scheme, exclude) / f"fold{fold}"
+            train, train_cls, val, val_cls = expected_lists(counts, base, novel, exclude)
+            assert (folder / "train.txt").read_text().splitlines() == train
+            assert (folder / "val.txt").read_text().splitlines() == val
+            written_train = json.loads((folder / "train_classes.json").read_text())
+            written_val = json.loads((folder / "val_classes.json").read_text())
+            assert {int(c): v for c, v in written_train.items() if v} == train_cls
+            assert {int(c): v for c, v in written_val.items() if v} == val_cls
+            # Every class keeps enough images for 5-shot episodes (shot + 1).
+            assert all(len(train_cls.get(c, [])) >= 6 for c in base)
+            assert all(len(val_cls.get(c, [])) >= 6 for c in novel)
+
+
+def test_pascal_full_lists_follow_the_sbd_rules(embedded_data):
+    root = layout.prepared_dir(embedded_data, "pascal")
+    raw = layout.raw_dir(embedded_data) / "pascal" / "VOCdevkit" / "VOC2012"
+    sets = raw / "ImageSets" / "Segmentation"
+    voc_train = sets.joinpath("train.txt").read_text().split()
+    voc_val = sets.joinpath("val.txt").read_text().split()
+    noval = (layout.archive_dir(embedded_data) / "train_noval.txt").read_text().split()
+    expected = voc_train + [i for i in dict.fromkeys(noval) if i not in set(voc_train)]
+    train = [line.split()[0].split("/")[1][:-4] for line in (root / "lists/train.txt").open()]
+    val = [line.split()[0].split("/")[1][:-4] for line in (root / "lists/val.txt").open()]
+    assert train == expected and val == voc_val
+    assert not set(train) & set(val)
+    marker = json.loads((root / "prepared.json").read_text())
+    assert marker["conversion"]["train"] == len(train)
+
+
+def test_rerun_of_download_and_prepare_is_a_no_op(embedded_data):
+    before = {p: p.stat().st_mtime_ns for p in layout.data_dir(embedded_data).rglob("*.png")}
+    stages.download(embedded_data, "pascal")
+    stages.prepare(embedded_data, "pascal")
+    after = {p: p.stat().st_mtime_ns for p in layout.data_dir(embedded_data).rglob("*.png")}
+    assert before == after
+
+
+def test_download_without_generated_archives_names_the_missing_manifest(tmp_path, project_root):
+    params = load_params(project_root / "params.yaml", [f"paths.data={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="hdmnet synth"):
+        stages.download(params, "pascal")
+
+
+def test_cli_download_reports_a_corrupted_archive(embedded_data, tmp_path, capsys):
+    """A generated archive altered after the manifest was written fails verification."""
+    synth = layout.synth_dir(embedded_data)
+    copy = tmp_path / "synth"
+    copy.mkdir()
+    for item in synth.iterdir():
+        data = item.read_bytes()
+        if item.name == "train_noval.txt":
+            data = data.replace(b"\n", b"\r\n", 1)
+        (copy / item.name).write_bytes(data)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"paths:\n  data: {tmp_path / 'data'}\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synth").symlink_to(copy)
+    code = cli.main(["download", "--params", str(params_file), "--dataset", "pascal"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train_noval.txt" in err and "expected" in err
+    assert not (tmp_path / "data" / "archives" / "train_noval.txt").exists()
