@@ -1,0 +1,290 @@
+"""Figures of the report (matplotlib, rendered off screen).
+
+Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so no global backend
+or figure registry is touched (the PNG is drawn by Agg) and tests can inspect the axes before
+``save_figure`` writes it. Inputs are records and ``EpisodeView``s, never the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from hdmnet.fileio import atomic_path
+
+DPI = 100
+IGNORE = 255
+# Overlay colours (RGB 0-1): supports blue, ground truth green, prediction red.
+SUPPORT_COLOUR = (0.15, 0.35, 1.0)
+TRUTH_COLOUR = (0.1, 0.8, 0.2)
+PREDICTION_COLOUR = (1.0, 0.15, 0.1)
+IGNORE_COLOUR = (1.0, 1.0, 1.0)
+PANEL = 1.5  # inches per image panel
+FOLD_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
+
+
+@dataclass
+class EpisodeView:
+    """One test episode as the qualitative figures draw it (arrays at the original size).
+
+    ``correlations``: the matching module's correlation maps, coarse to fine (one per stage),
+    any sizes; empty when not available.
+    """
+
+    query: np.ndarray  # H x W x 3 uint8 RGB
+    label: np.ndarray  # H x W uint8: 0 background, 1 foreground, 255 ignored
+    prediction: np.ndarray  # H x W uint8 0/1
+    supports: list[np.ndarray]  # K x (h x w x 3 uint8)
+    support_masks: list[np.ndarray]  # K x (h x w uint8 0/1/255)
+    class_name: str
+    correlations: list[np.ndarray] = field(default_factory=list)
+    iou: float | None = None
+
+    def check(self, where: str = "episode") -> None:
+        """Raise ValueError naming the episode and the mismatching array."""
+        if self.query.ndim != 3 or self.query.shape[2] != 3:
+            raise ValueError(f"{where}: query must be HxWx3, got shape {self.query.shape}")
+        size = self.query.shape[:2]
+        for name, array in (("label", self.label), ("prediction", self.prediction)):
+            if array.shape != size:
+                raise ValueError(f"{where}: {name} shape {array.shape} != query size {size}")
+        if len(self.supports) != len(self.support_masks):
+            raise ValueError(
+                f"{where}: {len(self.supports)} supports but {len(self.support_masks)} masks"
+            )
+        for i, (image, mask) in enumerate(zip(self.supports, self.support_masks, strict=True)):
+            if image.ndim != 3 or mask.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{where}: support {i} image {image.shape} and mask {mask.shape} disagree"
+                )
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, colour: Sequence[float], alpha: float = 0.5
+) -> np.ndarray:
+    """``image`` with mask==1 tinted by ``colour`` and ignored pixels (255) lightened."""
+    out = image.astype(np.float32) / 255.0
+    fg = mask == 1
+    out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(colour, dtype=np.float32)
+    ignored = mask == IGNORE
+    out[ignored] = 0.4 * out[ignored] + 0.6 * np.asarray(IGNORE_COLOUR, dtype=np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _blank(ax: Any) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def qualitative_grid(episodes: Sequence[EpisodeView], title: str = "") -> Figure:
+    """One row per episode: the K supports with their masks, the query, ground truth and
+    prediction (K + 3 panels per row; K is the largest shot among the episodes)."""
+    if not episodes:
+        raise ValueError("qualitative_grid: no episodes to draw")
+    for i, episode in enumerate(episodes):
+        episode.check(f"episode {i} ({episode.class_name})")
+    shots = max(len(e.supports) for e in episodes)
+    ncols, nrows = shots + 3, len(episodes)
+    fig = Figure(figsize=(PANEL * ncols, PANEL * nrows + 0.5), dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    heads = [f"support {k + 1}" for k in range(shots)] + ["query", "ground truth", "prediction"]
+    for col, head in enumerate(heads):
+        axes[0, col].set_title(head, fontsize=9)
+    for row, episode in enumerate(episodes):
+        for k in range(shots):
+            ax = axes[row, k]
+            if k < len(episode.supports):
+                ax.imshow(overlay(episode.supports[k], episode.support_masks[k], SUPPORT_COLOUR))
+            _blank(ax)
+        ax = axes[row, shots]
+        ax.imshow(episode.query)
+        _blank(ax)
+        axes[row, shots + 1].imshow(overlay(episode.query, episode.label, TRUTH_COLOUR))
+        _blank(axes[row, shots + 1])
+        ax = axes[row, shots + 2]
+        ax.imshow(overlay(episode.query, episode.prediction, PREDICTION_COLOUR))
+        if episode.iou is not None:
+            ax.set_xlabel(f"IoU {episode.iou:.1f}", fontsize=8)
+        _blank(ax)
+        # The class is the row's label; put it on the first panel where it is readable.
+        axes[row, 0].set_ylabel(episode.class_name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def correlation_figure(episodes: Sequence[EpisodeView], title: str = "") -> Figure:
+    """Per episode: the query with its ground truth, then each stage's correlation map over the
+    query (coarse to fine), as in the paper's Figure 1. Episodes without maps are skipped."""
+    chosen = [e for e in episodes if e.correlations]
+    if not chosen:
+        raise ValueError("correlation_figure: no episode has correlation maps")
+    stages = max(len(e.correlations) for e in chosen)
+    ncols, nrows = stages + 1, len(chosen)
+    fig = Figure(figsize=(PANEL * ncols, PANEL * nrows + 0.5), dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes[0, 0].set_title("query + truth", fontsize=9)
+    for row, episode in enumerate(chosen):
+        height, width = episode.query.shape[:2]
+        axes[row, 0].imshow(overlay(episode.query, episode.label, TRUTH_COLOUR))
+        axes[row, 0].set_ylabel(episode.class_name, fontsize=9)
+        _blank(axes[row, 0])
+        grey = episode.query.astype(np.float32).mean(axis=2) / 255.0
+        for stage in range(stages):
+            ax = axes[row, stage + 1]
+            _blank(ax)
+            if stage >= len(episode.correlations):
+                continue
+            corr = np.asarray(episode.correlations[stage], dtype=np.float32)
+            if corr.ndim != 2:
+                raise ValueError(
+                    f"correlation_figure: {episode.class_name} stage {stage + 1} map has shape "
+                    f"{corr.shape}, expected 2-D"
+                )
+            lo, hi = float(np.nanmin(corr)), float(np.nanmax(corr))
+            norm = (corr - lo) / (hi - lo) if hi > lo else np.zeros_like(corr)
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                norm,
+                cmap="jet",
+                alpha=0.55,
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                interpolation="bilinear",
+            )
+            if row == 0 or stage >= len(chosen[0].correlations):
+                ax.set_title(f"stage {stage + 1} ({corr.shape[0]}×{corr.shape[1]})", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(records: Mapping[str, dict[str, Any]], title: str = "") -> Figure:
+    """Loss and validation mIoU per epoch, one line per training record (label -> record);
+    the selected (best) epoch is marked."""
+    if not records:
+        raise ValueError("training_curves: no training records")
+    fig = Figure(figsize=(9.0, 3.4), dpi=DPI)
+    loss_ax, val_ax = fig.subplots(1, 2)
+    for i, (label, record) in enumerate(records.items()):
+        epochs = record.get("epochs") or []
+        colour = f"C{i % 10}"
+        xs = [e["epoch"] for e in epochs if e.get("loss") is not None]
+        loss_ax.plot(xs, [e["loss"] for e in epochs if e.get("loss") is not None], color=colour)
+        val = [(e["epoch"], e["val_miou"]) for e in epochs if e.get("val_miou") is not None]
+        if val:
+            val_ax.plot(*zip(*val, strict=True), color=colour, label=label, marker=".")
+        best = record.get("best_epoch")
+        if best is not None and record.get("best_val_miou") is not None:
+            val_ax.plot([best], [record["best_val_miou"]], marker="*", ms=11, color=colour)
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
+    val_ax.set(xlabel="epoch", ylabel="validation mIoU (%)", title="validation (★ selected)")
+    for ax in (loss_ax, val_ax):
+        ax.grid(alpha=0.3)
+    if val_ax.get_legend_handles_labels()[0]:
+        val_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def class_iou_bars(records: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Per novel class IoU (final output, mean over seeds), coloured by fold."""
+    bars: list[tuple[int, str, float, int]] = []
+    for record in records:
+        names = dict(zip(record["classes"], record.get("class_names") or [], strict=False))
+        class_iou = record["outputs"]["final"].get("class_iou") or {}
+        for key, value in class_iou.items():
+            cls = int(key)
+            bars.append((cls, names.get(cls, str(cls)), float(value), int(record["fold"])))
+    if not bars:
+        raise ValueError("class_iou_bars: the records have no per-class IoU")
+    bars.sort()
+    width = max(5.0, 0.28 * len(bars) + 1.5)
+    fig = Figure(figsize=(width, 3.4), dpi=DPI)
+    ax = fig.subplots()
+    xs = np.arange(len(bars))
+    colours = [FOLD_COLOURS[fold % len(FOLD_COLOURS)] for *_, fold in bars]
+    ax.bar(xs, [b[2] for b in bars], color=colours)
+    ax.set_xticks(xs, [b[1] for b in bars], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    handles = [
+        Patch(color=FOLD_COLOURS[fold % len(FOLD_COLOURS)], label=f"fold {fold}")
+        for fold in sorted({b[3] for b in bars})
+    ]
+    ax.legend(handles=handles, fontsize=7, ncols=4, loc="upper right", frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def seed_spread(records: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Box and strip plot of the per-seed mIoU of each fold and shot (final output)."""
+    groups: list[tuple[str, list[float]]] = []
+    for record in sorted(records, key=lambda r: (r["shot"], r["fold"])):
+        per_seed = record["outputs"]["final"].get("per_seed") or []
+        values = [float(s["miou"]) for s in per_seed]
+        if values:
+            groups.append((f"F{record['fold']}\n{record['shot']}-shot", values))
+    if not groups:
+        raise ValueError("seed_spread: the records have no per-seed results")
+    fig = Figure(figsize=(max(4.0, 0.8 * len(groups) + 1.5), 3.2), dpi=DPI)
+    ax = fig.subplots()
+    positions = np.arange(1, len(groups) + 1)
+    ax.boxplot([v for _, v in groups], positions=positions, widths=0.5, showfliers=False)
+    rng = np.random.default_rng(0)  # fixed jitter: the same records give the same picture
+    for pos, (_, values) in zip(positions, groups, strict=True):
+        jitter = rng.uniform(-0.12, 0.12, size=len(values))
+        ax.plot(pos + jitter, values, "o", ms=3, alpha=0.7, color="C0")
+    ax.set_xticks(positions, [label for label, _ in groups], fontsize=8)
+    ax.set_ylabel("mIoU per seed (%)")
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(means: Mapping[str, float | None], title: str = "") -> Figure:
+    """Mean mIoU per variant, the full model first, each bar labelled with its delta."""
+    if "full" not in means or means["full"] is None:
+        raise ValueError("ablation_bars: the full model's mean is needed as the reference")
+    names = list(means)
+    fig = Figure(figsize=(max(4.5, 0.75 * len(names) + 1.5), 3.2), dpi=DPI)
+    ax = fig.subplots()
+    reference = float(means["full"])
+    heights = [float("nan") if means[n] is None else float(means[n]) for n in names]
+    colours = ["#555555" if n == "full" else "#4c72b0" for n in names]
+    ax.bar(range(len(names)), heights, color=colours)
+    ax.axhline(reference, color="#555555", lw=0.8, ls="--")
+    for x, (name, h) in enumerate(zip(names, heights, strict=True)):
+        if name != "full" and not np.isnan(h):
+            ax.annotate(f"{h - reference:+.1f}", (x, h), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("mean mIoU (%)")
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
