@@ -12,22 +12,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hdmnet import __version__
-from hdmnet.config import ParamsError, load_params
+from hdmnet.config import Params, ParamsError, load_params
+from hdmnet.errors import StageError
+from hdmnet.layout import Run
 
 log = logging.getLogger("hdmnet")
 
 # Stages whose implementation lands with a later issue; they refuse to run instead of faking work.
 STAGES_TO_COME: dict[str, str] = {
-    "train-base": "issue 5, training engines",
-    "train": "issue 5, training engines",
-    "evaluate": "issue 5, evaluation engine",
     "aggregate": "issue 6, tables",
     "report": "issue 6, reports",
 }
-
-
-class StageError(RuntimeError):
-    """A stage cannot run (missing input, incompatible checkpoint...); the message says why."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +54,14 @@ def _grid_args(parser: argparse.ArgumentParser, shot: bool, variant: bool) -> No
         parser.add_argument("--shot", type=int, required=True)
     if variant:
         parser.add_argument("--variant", default="full", help="ablation variant (default: full)")
+
+
+def _nproc_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        help="processes (torchrun, DDP: NCCL on GPUs, gloo on CPU); default: train.gpus or 1",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = add("train-base", "train the PSPNet base learner of one dataset, backbone and fold")
     _grid_args(cmd, shot=False, variant=False)
+    _nproc_arg(cmd)
 
     cmd = add("train", "meta-train HDMNet for one dataset, backbone, fold, shot and variant")
     _grid_args(cmd, shot=True, variant=True)
+    _nproc_arg(cmd)
 
     cmd = add("evaluate", "run the episodic test protocol and write a metrics record")
     _grid_args(cmd, shot=True, variant=True)
@@ -150,6 +155,52 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_of(args: argparse.Namespace) -> Run:
+    return Run(args.dataset, args.backbone, args.variant, args.fold, args.shot)
+
+
+def _launch(args: argparse.Namespace, job: Callable[[Params], object]) -> int:
+    """Run a training job on its devices: in this process, or in ``nproc`` torchrun workers."""
+    from hdmnet import launch
+
+    params = load_params(args.params, args.overrides)
+    nproc = args.nproc or max(1, params.train.gpus)
+    if launch.under_torchrun():
+        job(params)
+        return 0
+    with launch.claim_gpus(params.train.gpus):
+        if nproc > 1:
+            return launch.torchrun(nproc, args.argv)
+        job(params)
+    return 0
+
+
+def _cmd_train_base(args: argparse.Namespace) -> int:
+    from hdmnet.train.base import train_base
+
+    return _launch(args, lambda p: train_base(p, args.dataset, args.backbone, args.fold))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hdmnet.train.meta import train_meta
+
+    return _launch(args, lambda p: train_meta(p, _run_of(args)))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hdmnet import launch
+    from hdmnet.evaluate.evaluator import evaluate
+
+    params = load_params(args.params, args.overrides)
+    with launch.claim_gpus(min(1, params.train.gpus)):
+        record = evaluate(params, _run_of(args), args.checkpoint)
+    print(
+        f"{_run_of(args).name}: mIoU {record['miou']:.2f} "
+        f"(meta {record['outputs']['meta']['miou']:.2f}), FB-IoU {record['fbiou']:.2f}"
+    )
+    return 0
+
+
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(
@@ -172,11 +223,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
     "download": _cmd_download,
     "prepare": _cmd_prepare,
+    "train-base": _cmd_train_base,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -89,7 +89,7 @@ class Model:
     fix_quirks: bool
     embed_dim: int
     small_blocks: list[int]
-    small_width: int
+    small_width: float
     pretrained: dict[str, str | None]
     channels_last: bool
     bf16: bool

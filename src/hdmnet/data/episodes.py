@@ -67,7 +67,7 @@ def bbox_mask(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _load_pair(root: Path, item: ListItem, classes: int) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(root: Path, item: ListItem, classes: int) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(root / item.image)
     mask = read_mask(root / item.mask, classes)
     if image.shape[:2] != mask.shape:
@@ -212,7 +212,7 @@ class EpisodeDataset(Dataset):
         recipe = self.episode_recipe(index)
         rng = self._key(index, _AUGMENT_STREAM)
         c = recipe.class_id
-        image, mask = _load_pair(self.root, recipe.query, self.num_classes)
+        image, mask = load_pair(self.root, recipe.query, self.num_classes)
         label = binary_mask(mask, c)
         query, (query_mask, base_mask) = self.transform(
             image,
@@ -221,7 +221,7 @@ class EpisodeDataset(Dataset):
         )
         supports, support_masks = [], []
         for item in recipe.supports:
-            s_image, s_mask = _load_pair(self.root, item, self.num_classes)
+            s_image, s_mask = load_pair(self.root, item, self.num_classes)
             s_label = binary_mask(s_mask, c)
             if self.annotation == "bbox":
                 s_label = bbox_mask(s_label)
@@ -284,7 +284,7 @@ class BaseDataset(Dataset):
         if not 0 <= index < len(self.items):
             raise IndexError(f"sample {index} out of range 0..{len(self.items) - 1}")
         item = self.items[index]
-        image, mask = _load_pair(self.root, item, self.num_classes)
+        image, mask = load_pair(self.root, item, self.num_classes)
         base = _base_mask(self.root, item, mask, self.lut, self.base_dir)
         rng = _rng(self.seed, _MODE_TAG["base"], self.epoch, index)
         out_image, (out_mask,) = self.transform(image, [base], rng)

@@ -22,6 +22,14 @@ def upsample_to_label(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
+def binary_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax of two-class logits ``[2, H, W]`` (ties go to background, as argmax does).
+
+    A comparison of the two planes; ``argmax(0)`` over a channel-first tensor is many times
+    slower on CPU."""
+    return (logits[1] > logits[0]).long()
+
+
 def intersection_union(
     pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore: int = IGNORE
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -29,12 +37,14 @@ def intersection_union(
     if pred.shape != label.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != label {tuple(label.shape)}")
     valid = label != ignore
-    pred = pred[valid].long()
-    label = label[valid].long()
-    inter = torch.bincount(pred[pred == label], minlength=num_classes)[:num_classes]
-    area_pred = torch.bincount(pred, minlength=num_classes)[:num_classes]
-    area_label = torch.bincount(label, minlength=num_classes)[:num_classes]
-    union = area_pred + area_label - inter
+    # One confusion matrix from a single bincount: row = label, column = prediction.
+    label, pred = label[valid].long(), pred[valid].long()
+    if label.numel() and (max(int(label.max()), int(pred.max())) >= num_classes):
+        raise ValueError(f"prediction or label holds a class id >= {num_classes}")
+    confusion = torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
+    confusion = confusion.reshape(num_classes, num_classes)
+    inter = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - inter
     return inter.cpu().numpy().astype(np.int64), union.cpu().numpy().astype(np.int64)
 
 

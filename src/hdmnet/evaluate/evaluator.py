@@ -1,0 +1,205 @@
+"""``hdmnet evaluate``: the test protocol for one trained HDMNet, written as a metrics record.
+
+Works from our checkpoints (the one selected by ``meta.selection``) and from official HDMNet
+checkpoints (``--checkpoint``). Every seed's mIoU and FB-IoU are kept, with their mean and
+standard deviation, per-class IoU, the episode count, the checkpoint's hash and the timings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdmnet import layout
+from hdmnet.config import Params
+from hdmnet.data.classes import COCO_CATEGORIES, VOC_CLASSES
+from hdmnet.errors import StageError
+from hdmnet.evaluate.metrics import FewShotMeter
+from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
+from hdmnet.layout import Run
+from hdmnet.model import CheckpointError, load_checkpoint
+from hdmnet.records import METRICS_KIND, write_record
+from hdmnet.tracking import Tracker
+from hdmnet.train.common import (
+    build_meta_model,
+    data_hash,
+    dataset_root,
+    file_hash,
+    fold_folder,
+    meta_identity,
+    provenance,
+    scheme,
+    set_threads,
+)
+from hdmnet.train.distributed import init_distributed
+
+log = logging.getLogger("hdmnet.evaluate")
+
+
+def class_names(dataset: str) -> dict[int, str]:
+    if dataset == "pascal":
+        return {i + 1: name for i, name in enumerate(VOC_CLASSES)}
+    return {i + 1: cat["name"] for i, cat in enumerate(COCO_CATEGORIES)}
+
+
+def summarise(
+    meters: dict[int, dict[str, FewShotMeter]], classes: tuple[int, ...]
+) -> dict[str, dict[str, Any]]:
+    """Mean, standard deviation and per-seed values of mIoU and FB-IoU (in %) per output."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name in OUTPUTS:
+        per_seed = [
+            {"seed": seed, "miou": 100 * m[name].miou(), "fbiou": 100 * m[name].fbiou()}
+            for seed, m in meters.items()
+        ]
+        mious = np.array([s["miou"] for s in per_seed])
+        fbious = np.array([s["fbiou"] for s in per_seed])
+        class_iou = np.nanmean(np.stack([m[name].class_iou() for m in meters.values()]), axis=0)
+        summary[name] = {
+            "miou": float(mious.mean()),
+            "miou_std": float(mious.std()),
+            "fbiou": float(fbious.mean()),
+            "fbiou_std": float(fbious.std()),
+            "per_seed": per_seed,
+            "class_iou": {str(c): float(100 * v) for c, v in zip(classes, class_iou, strict=True)},
+        }
+    return summary
+
+
+def evaluate(
+    params: Params, run: Run, checkpoint: Path | None = None, cache_mb: int | None = None
+) -> dict[str, Any]:
+    """Run the protocol for ``run`` and write its metrics record; returns the record."""
+    variant_params = params.for_variant(run.variant)
+    schedule = getattr(variant_params.meta, run.dataset)
+    set_threads(params)
+    info = init_distributed()
+    model = build_meta_model(variant_params, run).to(info.device)
+    path = Path(checkpoint) if checkpoint else layout.meta_checkpoint(variant_params, run)
+    if not path.exists():
+        raise StageError(
+            f"checkpoint {path} not found: train it first (hdmnet train --dataset {run.dataset} "
+            f"--backbone {run.backbone} --fold {run.fold} --shot {run.shot} "
+            f"--variant {run.variant})"
+        )
+    expected = meta_identity(run)
+    if checkpoint is not None:
+        expected.pop("variant")  # an official or external checkpoint names no variant
+    try:
+        loaded = load_checkpoint(path, model, expected=expected)
+    except CheckpointError as error:
+        raise StageError(str(error)) from None
+    model.eval()
+
+    root = dataset_root(params, run.dataset)
+    # Test lists never depend on the exclusion rule (it only filters training images).
+    fold_dir = fold_folder(params, run.dataset, run.fold)
+    runner = EpisodeRunner(
+        model,
+        root,
+        fold_dir,
+        run.shot,
+        schedule.image_size,
+        annotation=params.eval.support_annotation,
+        cache_mb=params.eval.cache_mb if cache_mb is None else cache_mb,
+        device=info.device,
+    )
+    tags = {
+        "dataset": run.dataset,
+        "backbone": run.backbone,
+        "fold": run.fold,
+        "shot": run.shot,
+        "variant": run.variant,
+        "data_hash": data_hash(fold_dir),
+    }
+    with Tracker(variant_params, "evaluate", run.name, tags=tags, rank=info.rank) as tracker:
+        result = runner.run(
+            params.eval.seeds,
+            schedule.test_episodes,
+            base_classes=(run.dataset, run.fold, scheme(params, run.dataset)),
+            desc=f"evaluate {run.name}",
+        )
+        record = _record(variant_params, run, path, loaded, result, fold_dir, info.device)
+        record["mlflow_run_id"] = tracker.run_id
+        out = layout.metrics_file(params, run)
+        write_record(out, record)
+        for name in OUTPUTS:
+            tracker.log_metrics(
+                {
+                    f"{name}_miou": record["outputs"][name]["miou"],
+                    f"{name}_fbiou": record["outputs"][name]["fbiou"],
+                }
+            )
+            for entry in record["outputs"][name]["per_seed"]:
+                tracker.log_metrics({f"{name}_miou_seed": entry["miou"]}, step=entry["seed"])
+        tracker.log_metrics({"base_class_miou": record["outputs"]["base"]["miou"]})
+        tracker.log_artifact(out)
+    log.info(
+        "%s: mIoU %.2f (meta %.2f), FB-IoU %.2f over %d seeds x %d episodes in %.1f s",
+        run.name,
+        record["miou"],
+        record["outputs"]["meta"]["miou"],
+        record["fbiou"],
+        len(params.eval.seeds),
+        schedule.test_episodes,
+        result.seconds,
+    )
+    return record
+
+
+def _record(
+    params: Params,
+    run: Run,
+    path: Path,
+    loaded: dict[str, Any],
+    result: ProtocolResult,
+    fold_dir: Path,
+    device: Any,
+) -> dict[str, Any]:
+    names = class_names(run.dataset)
+    classes = result.classes
+    outputs = summarise(result.meters, classes)
+    base_iou = result.base.class_iou()[1:] if result.base is not None else np.array([])
+    outputs["base"] = {
+        "what": "base learner, semantic segmentation of the fold's base classes on the "
+        "distinct test query images (BAM's base-learner metric), one value (no seeds)",
+        "miou": 100 * result.base.miou() if result.base is not None else None,
+        "class_iou": {str(i + 1): float(100 * v) for i, v in enumerate(base_iou)},
+    }
+    total_episodes = result.episodes * len(result.meters)
+    meta = loaded.get("meta", {})
+    return {
+        "kind": METRICS_KIND,
+        "dataset": run.dataset,
+        "backbone": run.backbone,
+        "variant": run.variant,
+        "fold": run.fold,
+        "shot": run.shot,
+        "split": layout.split_name(params, run.dataset),
+        "miou": outputs["final"]["miou"],
+        "fbiou": outputs["final"]["fbiou"],
+        "outputs": outputs,
+        "classes": list(classes),
+        "class_names": [names[c] for c in classes],
+        "seeds": list(result.meters),
+        "episodes_per_seed": result.episodes,
+        "annotation": params.eval.support_annotation,
+        "checkpoint": {
+            "path": str(path),
+            "sha256": file_hash(path),
+            "selection": meta.get("selection", "external"),
+            "epoch": loaded.get("epoch"),
+        },
+        "config": params.to_dict(),
+        "config_digest": params.digest(),
+        "data_hash": data_hash(fold_dir),
+        "timing": {
+            "seconds": result.seconds,
+            "ms_per_episode": 1000 * result.seconds / max(1, total_episodes),
+            "cache": result.cache,
+        },
+        **provenance(params, device),
+    }

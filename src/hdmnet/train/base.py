@@ -1,0 +1,203 @@
+"""``hdmnet train-base``: the PSPNet base learner of one dataset, backbone and fold (BAM
+protocol: SGD, poly, random scale/rotate/blur/flip/crop, base classes only), validated on the
+base-class mIoU of the validation images every epoch; keeps the best and the last checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from hdmnet import layout
+from hdmnet.config import Params
+from hdmnet.data.episodes import BaseDataset, collate
+from hdmnet.data.folds import base_label_map
+from hdmnet.data.lists import load_fold_lists, read_list
+from hdmnet.data.transforms import EvalTransform, TrainTransform
+from hdmnet.evaluate.metrics import SemanticMeter, upsample_to_label
+from hdmnet.model import PSPNet, save_checkpoint
+from hdmnet.model.optim import build_pspnet_optimizer
+from hdmnet.records import BASE_KIND, write_record
+from hdmnet.tracking import Tracker
+from hdmnet.train.common import (
+    base_identity,
+    build_base_model,
+    checkpoint_hashes,
+    data_hash,
+    dataset_root,
+    fold_folder,
+    provenance,
+    scheme,
+    set_threads,
+)
+from hdmnet.train.distributed import (
+    EpochSampler,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+    per_process_batch,
+)
+from hdmnet.train.loop import Loop, fit
+from hdmnet.train.state import seed_everything
+
+log = logging.getLogger("hdmnet.train")
+
+
+def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[str, Any]:
+    """Train one base learner; returns its training record."""
+    started = time.perf_counter()
+    set_threads(params)
+    info = init_distributed()
+    seed_everything(params.train.seed)
+    schedule = getattr(params.base, dataset)
+    out = layout.base_dir(params, dataset, backbone, fold)
+    root = dataset_root(params, dataset)
+    fold_dir = fold_folder(params, dataset, fold)
+    lists = load_fold_lists(fold_dir)
+    lut = base_label_map(dataset, fold, scheme(params, dataset))
+
+    train_set = BaseDataset(
+        root,
+        lists.train.items,
+        lut,
+        TrainTransform(schedule.crop, scale=tuple(schedule.scale), crop=True),
+        seed=params.train.seed,
+    )
+    # Validation: every validation image, base classes relabelled, novel ones as background.
+    val_items = read_list(root / "lists" / "val.txt")
+    val_set = BaseDataset(root, val_items, lut, EvalTransform(schedule.val_size), keep_label=True)
+    batch = per_process_batch(schedule.batch_size, info.world_size)
+    sampler = EpochSampler(len(train_set), params.train.seed, True, info.rank, info.world_size)
+    loader = DataLoader(
+        train_set,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=params.train.workers,
+        collate_fn=collate,
+        drop_last=True,
+    )
+
+    model = build_base_model(params, dataset, backbone, fold).to(info.device)
+    optimizer = build_pspnet_optimizer(
+        model,
+        schedule.lr,
+        head_scale=schedule.head_lr_mult,
+        momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay,
+    )
+    net = _wrap(model, info)
+    identity = {
+        **base_identity(params, dataset, backbone, fold),
+        "config_digest": params.digest("base", "model", "train", "data"),
+    }
+    checkpoint_meta = {**base_identity(params, dataset, backbone, fold), "config": params.to_dict()}
+
+    def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        logits = net(batch_["image"].to(info.device))
+        loss = PSPNet.loss(logits, batch_["mask"].to(info.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), {}
+
+    def validate() -> float:
+        meter = validate_base(model, val_set, info)
+        return 100 * meter.miou()
+
+    def on_best(epoch: int, metric: float) -> None:
+        meta = {**checkpoint_meta, "selection": "best_val", "val_miou": metric}
+        save_checkpoint(out / "best.pth", model, meta, epoch=epoch)
+
+    tags = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "fold": fold,
+        "data_hash": data_hash(fold_dir),
+        "global_batch": schedule.batch_size,
+        "world_size": info.world_size,
+    }
+    run_name = f"base-{dataset}-{backbone}-fold{fold}"
+    with Tracker(params, "train-base", run_name, tags=tags, rank=info.rank) as tracker:
+        history = fit(
+            Loop(
+                model=net,
+                optimizer=optimizer,
+                loader=loader,
+                sampler=sampler,
+                datasets=[train_set],
+                epochs=schedule.epochs,
+                base_lr=schedule.lr,
+                step=step,
+                validate=validate,
+                on_best=on_best,
+                state_path=out / "state.pth",
+                identity=identity,
+                tracker=tracker,
+                info=info,
+                desc=run_name,
+            )
+        )
+        record: dict[str, Any] = {}
+        if info.is_main:
+            last = out / "last.pth"
+            save_checkpoint(
+                last, model, {**checkpoint_meta, "selection": "last"}, epoch=schedule.epochs - 1
+            )
+            record = {
+                "kind": BASE_KIND,
+                "dataset": dataset,
+                "backbone": backbone,
+                "fold": fold,
+                "epochs": history.epochs,
+                "best_epoch": history.best_epoch,
+                "best_val_miou": history.best_metric,
+                "selection": "best_val",
+                "global_batch": schedule.batch_size,
+                "world_size": info.world_size,
+                "per_process_batch": batch,
+                "checkpoints": checkpoint_hashes(out),
+                "config": params.to_dict(),
+                "config_digest": identity["config_digest"],
+                "data_hash": tags["data_hash"],
+                "seconds": time.perf_counter() - started,
+                "mlflow_run_id": tracker.run_id,
+                **provenance(params, info.device),
+            }
+            write_record(out / "record.json", record)
+            tracker.log_metrics({"best_val_miou": history.best_metric})
+            tracker.log_artifact(out / "record.json")
+    cleanup(info)
+    return record
+
+
+@torch.inference_mode()
+def validate_base(model: PSPNet, val_set: BaseDataset, info: Any) -> SemanticMeter:
+    """Base-class IoU over the validation images (this process's share, summed over all)."""
+    was_training = model.training
+    model.eval()
+    meter = SemanticMeter(val_set.num_classes)
+    for index in range(info.rank, len(val_set), info.world_size):
+        sample = val_set[index]
+        logits = model(sample["image"][None].to(info.device))
+        logits = upsample_to_label(logits, tuple(sample["label"].shape))
+        meter.update(logits[0].argmax(0).cpu(), sample["label"])
+    meter.inter = all_reduce_sum(meter.inter, info)
+    meter.union = all_reduce_sum(meter.union, info)
+    model.train(was_training)
+    return meter
+
+
+def _wrap(model: torch.nn.Module, info: Any) -> torch.nn.Module:
+    """DistributedDataParallel across processes (SyncBatchNorm on GPUs), else the model."""
+    if not info.distributed:
+        return model
+    if info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+__all__ = ["train_base", "validate_base"]

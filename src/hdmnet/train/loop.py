@@ -1,0 +1,121 @@
+"""The epoch loop both training stages share: poly learning rate, progress, tracking,
+validation with best-checkpoint selection, and a resumable state written every epoch.
+
+A run killed at any point and restarted with the same command resumes from the last complete
+epoch with every random generator restored; each epoch's data order depends only on
+(seed, epoch), so on CPU the result equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hdmnet.model.optim import set_poly_lr
+from hdmnet.progress import progress
+from hdmnet.tracking import Tracker
+from hdmnet.train.distributed import DistInfo, EpochSampler, barrier
+from hdmnet.train.state import History, Position, load_state, save_state
+
+log = logging.getLogger("hdmnet.train")
+
+StepFn = Callable[[dict[str, Any]], tuple[float, dict[str, float]]]
+
+
+@dataclass
+class Loop:
+    """Everything the epoch loop needs; ``step`` trains on one batch and returns its loss
+    (and named parts), ``validate`` returns the validation mIoU (%), ``on_best`` saves the
+    best checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Iterable[dict[str, Any]]
+    sampler: EpochSampler
+    datasets: list[Any]
+    epochs: int
+    base_lr: float
+    step: StepFn
+    validate: Callable[[], float]
+    on_best: Callable[[int, float], None]
+    state_path: Path
+    identity: dict[str, Any]
+    tracker: Tracker
+    info: DistInfo
+    desc: str
+    val_every: int = 1
+
+
+def resume_or_start(loop: Loop) -> tuple[Position, History]:
+    """Continue from ``state_path`` if it belongs to this very run, else start afresh."""
+    if loop.state_path.exists():
+        try:
+            position, history = load_state(
+                loop.state_path, loop.model, loop.optimizer, loop.identity
+            )
+        except ValueError as error:
+            log.warning("%s; starting afresh", error)
+        else:
+            log.info("resuming %s at epoch %d", loop.desc, position.epoch + 1)
+            return position, history
+    return Position(), History()
+
+
+def fit(loop: Loop) -> History:
+    position, history = resume_or_start(loop)
+    steps_per_epoch = len(loop.loader)  # type: ignore[arg-type]
+    max_iter = loop.epochs * steps_per_epoch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{loop.desc}: no training batch (list smaller than the batch size?)")
+    for epoch in range(position.epoch, loop.epochs):
+        started = time.perf_counter()
+        loop.sampler.set_epoch(epoch)
+        for dataset in loop.datasets:
+            dataset.set_epoch(epoch)
+        loop.model.train()
+        total, count, lr = 0.0, 0, loop.base_lr
+        bar = progress(loop.loader, desc=f"{loop.desc} epoch {epoch + 1}/{loop.epochs}")
+        for batch in bar:
+            lr = set_poly_lr(loop.optimizer, loop.base_lr, position.iteration, max_iter)
+            loss, parts = loop.step(batch)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{loop.desc}: loss became {loss} at iteration {position.iteration}; "
+                    "lower the learning rate"
+                )
+            position.iteration += 1
+            total, count = total + loss, count + 1
+            loop.tracker.log_metrics({"loss": loss, "lr": lr, **parts}, step=position.iteration)
+            bar.set(loss=total / count)
+        entry: dict[str, float] = {"epoch": epoch, "loss": total / max(1, count), "lr": lr}
+        if (epoch + 1) % loop.val_every == 0 or epoch + 1 == loop.epochs:
+            metric = loop.validate()
+            entry["val_miou"] = metric
+            if metric > history.best_metric:
+                history.best_metric, history.best_epoch = metric, epoch
+                if loop.info.is_main:
+                    loop.on_best(epoch, metric)
+        entry["seconds"] = time.perf_counter() - started
+        history.epochs.append(entry)
+        loop.tracker.log_metrics(
+            {f"epoch_{k}": v for k, v in entry.items() if k != "epoch"}, step=epoch
+        )
+        log.info("%s epoch %d/%d: %s", loop.desc, epoch + 1, loop.epochs, _fmt(entry))
+        position = Position(epoch + 1, 0, position.iteration)
+        if loop.info.is_main:
+            save_state(
+                loop.state_path, loop.model, loop.optimizer, position, history, loop.identity
+            )
+        barrier(loop.info)
+    return history
+
+
+def _fmt(entry: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "epoch")

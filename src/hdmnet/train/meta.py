@@ -1,0 +1,232 @@
+"""``hdmnet train``: HDMNet meta-training for one dataset, backbone, fold, shot and variant.
+
+Starts from the fold's base learner (ours, or an official BAM PSPNet file), keeps it frozen,
+trains the meta learner with AdamW and a poly schedule, validates on episodes of the fold's
+novel classes every ``val_every`` epochs (their frozen-backbone features are cached across
+epochs) and keeps the best-validation and the last checkpoint; ``meta.selection`` says which
+one is tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from hdmnet import layout
+from hdmnet.config import Params
+from hdmnet.data.episodes import EpisodeDataset, collate
+from hdmnet.data.transforms import TrainTransform
+from hdmnet.errors import StageError
+from hdmnet.evaluate.metrics import FewShotMeter
+from hdmnet.evaluate.protocol import EpisodeRunner
+from hdmnet.layout import Run
+from hdmnet.model import CheckpointError, load_checkpoint, save_checkpoint
+from hdmnet.model.optim import build_hdmnet_optimizer
+from hdmnet.records import TRAIN_KIND, write_record
+from hdmnet.tracking import Tracker
+from hdmnet.train.common import (
+    base_identity,
+    build_meta_model,
+    checkpoint_hashes,
+    data_hash,
+    dataset_root,
+    file_hash,
+    fold_folder,
+    meta_identity,
+    provenance,
+    set_threads,
+)
+from hdmnet.train.distributed import (
+    DistInfo,
+    EpochSampler,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+    per_process_batch,
+)
+from hdmnet.train.loop import Loop, fit
+from hdmnet.train.state import seed_everything
+
+log = logging.getLogger("hdmnet.train")
+
+
+def train_meta(params: Params, run: Run) -> dict[str, Any]:
+    """Meta-train ``run``; returns its training record."""
+    started = time.perf_counter()
+    variant_params = params.for_variant(run.variant)
+    schedule = getattr(variant_params.meta, run.dataset)
+    set_threads(params)
+    info = init_distributed()
+    seed_everything(params.train.seed)
+    out = layout.meta_dir(params, run)
+    root = dataset_root(params, run.dataset)
+    train_dir = fold_folder(variant_params, run.dataset, run.fold)  # the variant's list rule
+    val_dir = fold_folder(params, run.dataset, run.fold)
+
+    model = build_meta_model(variant_params, run).to(info.device)
+    base_path = layout.base_checkpoint(params, run.dataset, run.backbone, run.fold)
+    if not base_path.exists():
+        raise StageError(
+            f"base learner {base_path} not found: train it first (hdmnet train-base "
+            f"--dataset {run.dataset} --backbone {run.backbone} --fold {run.fold})"
+        )
+    try:
+        load_checkpoint(
+            base_path,
+            model,
+            expected=base_identity(params, run.dataset, run.backbone, run.fold),
+        )
+    except CheckpointError as error:
+        raise StageError(str(error)) from None
+
+    train_set = EpisodeDataset(
+        root,
+        train_dir,
+        "train",
+        run.shot,
+        TrainTransform(schedule.image_size, scale=tuple(schedule.scale)),
+        seed=params.train.seed,
+    )
+    batch = per_process_batch(schedule.batch_size, info.world_size)
+    sampler = EpochSampler(len(train_set), params.train.seed, True, info.rank, info.world_size)
+    loader = DataLoader(
+        train_set,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=params.train.workers,
+        collate_fn=collate,
+        drop_last=True,
+    )
+    optimizer = build_hdmnet_optimizer(model, schedule.lr, schedule.weight_decay)
+    net = model
+    if info.distributed:
+        # Without the ensemble, gram_merge and cls_merge take no part in the loss.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=not model.ensemble,
+        )
+    runner = EpisodeRunner(
+        model,
+        root,
+        val_dir,
+        run.shot,
+        schedule.image_size,
+        annotation=params.eval.support_annotation,
+        cache_mb=params.eval.cache_mb,
+        device=info.device,
+    )
+    identity = {
+        **meta_identity(run),
+        "config_digest": variant_params.digest("meta", "model", "train", "data"),
+        "base_sha256": file_hash(base_path),
+    }
+    checkpoint_meta = {**meta_identity(run), "config": variant_params.to_dict()}
+
+    def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        device = info.device
+        output = net(
+            batch_["query"].to(device),
+            batch_["supports"].to(device),
+            batch_["support_masks"].to(device),
+            query_mask=batch_["query_mask"].to(device),
+            query_base_mask=batch_["query_base_mask"].to(device),
+            class_ids=batch_["class_index"].to(device),
+        )
+        losses = output.losses
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        parts = {f"loss_{k}": float(v.detach()) for k, v in losses.items() if k != "total"}
+        return float(losses["total"].detach()), parts
+
+    def validate() -> float:
+        return validation_miou(runner, params.train.seed, schedule.val_episodes, info)
+
+    def on_best(epoch: int, metric: float) -> None:
+        meta = {**checkpoint_meta, "selection": "best_val", "val_miou": metric}
+        save_checkpoint(out / "best.pth", model, meta, epoch=epoch)
+
+    tags = {
+        "dataset": run.dataset,
+        "backbone": run.backbone,
+        "fold": run.fold,
+        "shot": run.shot,
+        "variant": run.variant,
+        "data_hash": data_hash(train_dir),
+        "global_batch": schedule.batch_size,
+        "world_size": info.world_size,
+    }
+    with Tracker(variant_params, "train", run.name, tags=tags, rank=info.rank) as tracker:
+        history = fit(
+            Loop(
+                model=net,
+                optimizer=optimizer,
+                loader=loader,
+                sampler=sampler,
+                datasets=[train_set],
+                epochs=schedule.epochs,
+                base_lr=schedule.lr,
+                step=step,
+                validate=validate,
+                on_best=on_best,
+                state_path=out / "state.pth",
+                identity=identity,
+                tracker=tracker,
+                info=info,
+                desc=f"train {run.name}",
+                val_every=schedule.val_every,
+            )
+        )
+        record: dict[str, Any] = {}
+        if info.is_main:
+            save_checkpoint(
+                out / "last.pth",
+                model,
+                {**checkpoint_meta, "selection": "last"},
+                epoch=schedule.epochs - 1,
+            )
+            record = {
+                "kind": TRAIN_KIND,
+                "dataset": run.dataset,
+                "backbone": run.backbone,
+                "variant": run.variant,
+                "fold": run.fold,
+                "shot": run.shot,
+                "epochs": history.epochs,
+                "best_epoch": history.best_epoch,
+                "best_val_miou": history.best_metric,
+                "selection": params.meta.selection,
+                "global_batch": schedule.batch_size,
+                "world_size": info.world_size,
+                "per_process_batch": batch,
+                "checkpoints": checkpoint_hashes(out),
+                "base_checkpoint": {"path": str(base_path), "sha256": identity["base_sha256"]},
+                "config": variant_params.to_dict(),
+                "config_digest": identity["config_digest"],
+                "data_hash": tags["data_hash"],
+                "seconds": time.perf_counter() - started,
+                "mlflow_run_id": tracker.run_id,
+                **provenance(params, info.device),
+            }
+            write_record(out / "record.json", record)
+            tracker.log_metrics({"best_val_miou": history.best_metric})
+            tracker.log_artifact(out / "record.json")
+    cleanup(info)
+    return record
+
+
+def validation_miou(runner: EpisodeRunner, seed: int, episodes: int, info: DistInfo) -> float:
+    """Final-output mIoU (%) on ``episodes`` validation episodes, shared over processes."""
+    result = runner.run([seed], episodes, info.rank, info.world_size, desc="validate")
+    meter: FewShotMeter = result.meters[seed]["final"]
+    for name in ("class_inter", "class_union", "fb_inter", "fb_union"):
+        setattr(meter, name, all_reduce_sum(getattr(meter, name), info))
+    return 100 * meter.miou()
+
+
+__all__ = ["train_meta", "validation_miou"]
