@@ -44,6 +44,7 @@ def test_report_is_self_contained_and_has_every_part(default_grid):
         "class-iou-pascal-small-shot1.png",
         "class-iou-pascal-small-shot5.png",
         "seed-spread-pascal-small.png",
+        "training-ablation-pascal-small-fold0-shot1.png",
     }
     embedded = [base64.b64decode(data) for mime, data in IMG.findall(text)]
     assert len(embedded) == text.count("<img ") == len(pngs)
@@ -94,6 +95,7 @@ def test_missing_training_records_are_named_not_fatal(project_root, tmp_path):
     assert "No training record" in text
     assert str(layout.meta_dir(params, Run("pascal", "small", "full", 0, 1))) in text
     assert not list(layout.figures_dir(params).glob("training-*.png"))
+    assert "and 5 more" in text  # 11 meta runs + 4 base learners, 10 named
 
 
 def test_paper_preset_report_compares_with_the_paper(paper_grid):
@@ -140,7 +142,7 @@ def test_report_renders_in_headless_chromium(project_root, tmp_path):
     body = re.search(r"<body([^>]*)>", dom).group(1)
     total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
     decoded = int(re.search(r'data-images-decoded="(\d+)"', body).group(1))
-    assert total == path.read_text().count("<img ") == 7  # 5 plots, 1 grid, 1 correlation
+    assert total == path.read_text().count("<img ") == 8  # 6 plots, 1 grid, 1 correlation
     assert decoded == total
     assert {"main", "ablation", "paper", "variant-config", "provenance"} <= _tables(dom)
     assert "Main results" in dom and "pascal-small-stages_1-fold0-shot1" in dom
@@ -149,7 +151,7 @@ def test_report_renders_in_headless_chromium(project_root, tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r"base64,iVBOR", "base64,AAAAA", path.read_text(), count=1))
     dom = _chromium(tmp_path, "--dump-dom", broken.resolve().as_uri()).stdout
-    assert 'data-images-decoded="6"' in dom
+    assert 'data-images-decoded="7"' in dom
 
     shot = tmp_path / "page.png"
     _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,1600", url)

@@ -28,6 +28,8 @@ from hdmnet.report.paper import backbone_name, dataset_name
 TABLE_FORMATS = {"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}
 # Episodes per qualitative grid: enough to see the behaviour, small enough for the HTML size.
 QUALITATIVE_EPISODES = 4
+# Missing training records named in the report before the rest are summarised.
+LIST_MISSING = 10
 
 Predictions = Callable[[Run, int], list[EpisodeView]]
 
@@ -81,7 +83,7 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
     fig_dir = layout.figures_dir(params)
 
     figure_blocks = _figure_section(params, metrics, training, base_training, fig_dir)
-    ablation_fig = _ablation_figures(params, metrics, fig_dir)
+    ablation_fig = _ablation_figures(params, metrics, training, fig_dir)
     qualitative = _qualitative_section(params, main_runs, predictions, fig_dir)
     sections = [
         html.Section("main", "Main results", _main_body(params, built)),
@@ -176,32 +178,46 @@ def _yaml(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def _ablation_figures(params: Params, metrics: dict[Run, Metrics], fig_dir: Path) -> str:
+def _ablation_figures(
+    params: Params,
+    metrics: dict[Run, Metrics],
+    training: dict[Run, dict[str, Any] | None],
+    fig_dir: Path,
+) -> str:
+    """Per ablation setting: mean mIoU of each variant, and per fold the variants' curves."""
     ab = params.ablation
+    variants = ["full", *ab.variants]
     parts = []
-    for dataset in ab.datasets:
-        for backbone in ab.backbones:
-            for shot in ab.shots:
-                means: dict[str, float | None] = {}
-                for variant in ["full", *ab.variants]:
-                    values = [
-                        float(metrics[run].record["miou"])
-                        for f in ab.folds
-                        if (run := Run(dataset, backbone, variant, f, shot)) in metrics
-                    ]
-                    means[variant] = sum(values) / len(values) if values else None
-                if means.get("full") is None or len(means) < 2:
-                    continue
-                title = _setting(dataset, backbone, shot) + f", folds {_folds(ab.folds)}"
-                path = fig_dir / f"ablation-{dataset}-{backbone}-shot{shot}.png"
-                figures.save_figure(figures.ablation_bars(means, title), path)
-                parts.append(
-                    html.figure_html(
-                        path,
-                        f"ablation {title}",
-                        "Mean mIoU per variant; labels: difference to the full model.",
-                    )
-                )
+    settings = [(d, b, k) for d in ab.datasets for b in ab.backbones for k in ab.shots]
+    for dataset, backbone, shot in settings:
+        setting = _setting(dataset, backbone, shot)
+        means: dict[str, float | None] = {}
+        for variant in variants:
+            values = [
+                float(metrics[run].record["miou"])
+                for f in ab.folds
+                if (run := Run(dataset, backbone, variant, f, shot)) in metrics
+            ]
+            means[variant] = sum(values) / len(values) if values else None
+        if means.get("full") is not None and len(means) > 1:
+            title = f"{setting}, folds {_folds(ab.folds)}"
+            path = fig_dir / f"ablation-{dataset}-{backbone}-shot{shot}.png"
+            figures.save_figure(figures.ablation_bars(means, title), path)
+            caption = "Mean mIoU per variant; labels: difference to the full model."
+            parts.append(html.figure_html(path, f"ablation {title}", caption))
+        for fold in ab.folds:
+            curves = {
+                variant: rec
+                for variant in variants
+                if (rec := training.get(Run(dataset, backbone, variant, fold, shot))) is not None
+            }
+            if len(curves) < 2:
+                continue
+            title = f"{setting}, fold {fold}"
+            path = fig_dir / f"training-ablation-{dataset}-{backbone}-fold{fold}-shot{shot}.png"
+            figures.save_figure(figures.training_curves(curves, title), path)
+            caption = "Meta-training of each variant: loss and validation mIoU per epoch."
+            parts.append(html.figure_html(path, f"ablation training {title}", caption))
     return "".join(parts)
 
 
@@ -290,9 +306,11 @@ def _figure_section(
         str(base_record_path(params, *key)) for key, rec in base_training.items() if rec is None
     ]
     if missing:
+        more = len(missing) - LIST_MISSING
+        shown = missing[:LIST_MISSING] + ([f"and {more} more"] if more > 0 else [])
         parts.append(
             '<p class="callout warn">No training record (e.g. an evaluated official checkpoint), '
-            "so no curve for: " + ", ".join(html.esc(m) for m in missing) + "</p>"
+            "so no curve for: " + ", ".join(html.esc(m) for m in shown) + "</p>"
         )
     return "".join(parts)
 
