@@ -4,7 +4,7 @@
 # prints why and exits 0, so the test skips with a reason instead of the build failing.
 set -u
 
-CHROMIUM=/usr/bin/chromium
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}  # overridable to exercise the other branches
 
 if [ -x "$CHROMIUM" ]; then
     exit 0
@@ -21,7 +21,7 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends chromium; } >"$log" 2>&1; then
+        --no-install-recommends chromium fonts-dejavu-core; } >"$log" 2>&1; then
     echo "ensure_chromium: installing chromium failed (the browser test will skip):" >&2
     tail -n 20 "$log" >&2
     exit 0
