@@ -1,4 +1,4 @@
-"""The command line: every stage is listed, has --help, and unbuilt stages refuse to run."""
+"""The command line: every stage is listed and has --help; bad overrides fail cleanly."""
 
 from __future__ import annotations
 
@@ -33,18 +33,6 @@ def test_each_stage_has_help(stage, capsys):
         cli.main([stage, "--help"])
     assert exit_info.value.code == 0
     assert "--params" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("stage", sorted(cli.STAGES_TO_COME))
-def test_unbuilt_stages_fail_loudly(stage, capsys):
-    if stage in cli.COMMANDS:
-        pytest.skip(f"{stage} is built")
-    argv = {"prepare": ["prepare", "pascal"]}.get(stage, [stage])
-    if stage in {"train-base", "train", "evaluate"}:
-        argv += ["--dataset", "pascal", "--backbone", "small", "--fold", "0"]
-        argv += [] if stage == "train-base" else ["--shot", "1"]
-    assert cli.main(argv) == 2
-    assert "not built yet" in capsys.readouterr().err
 
 
 def test_config_prints_resolved_params_and_rejects_bad_overrides():

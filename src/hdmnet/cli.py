@@ -18,12 +18,6 @@ from hdmnet.layout import Run
 
 log = logging.getLogger("hdmnet")
 
-# Stages whose implementation lands with a later issue; they refuse to run instead of faking work.
-STAGES_TO_COME: dict[str, str] = {
-    "aggregate": "issue 6, tables",
-    "report": "issue 6, reports",
-}
-
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -201,20 +195,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(
-            f"hdmnet {name}: this stage is not built yet ({STAGES_TO_COME.get(name, 'planned')}).",
-            file=sys.stderr,
-        )
-        return 2
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from hdmnet.report.build import aggregate, render_main_markdown
 
-    return run
+    params = load_params(args.params, args.overrides)
+    written = aggregate(params)
+    print(render_main_markdown(params))
+    print(f"Tables written: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from hdmnet.report.build import build_report
+    from hdmnet.report.examples import episode_views
+
+    params = load_params(args.params, args.overrides)
+    path = build_report(params, lambda run, n: episode_views(params, run, n))
+    print(f"Report: {path.resolve()}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    # Until the workflow lands (issue 6) the main job generates the embedded data sets.
-    return _cmd_synth(argparse.Namespace(**vars(args), out=None))
+    from hdmnet import layout
+    from hdmnet.pipeline import run_workflow
+
+    if args.overrides:
+        raise ParamsError("demo runs the workflow on a parameter file: edit it or use --params")
+    code = run_workflow(args.params, args.cores)
+    if code != 0:
+        print(f"hdmnet demo: the workflow failed (exit {code}); see logs/", file=sys.stderr)
+        return code
+    params = load_params(args.params)
+    table = layout.tables_dir(params) / "main.md"
+    if table.exists():
+        print(table.read_text())
+    print(f"Report: {layout.report_file(params).resolve()}")
+    print(f"Tables: {layout.tables_dir(params).resolve()}  MLflow: {params.tracking.uri}")
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -226,6 +243,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-base": _cmd_train_base,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "aggregate": _cmd_aggregate,
+    "report": _cmd_report,
 }
 
 
@@ -237,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handler = COMMANDS.get(args.command, _not_built(args.command))
+    handler = COMMANDS[args.command]
     try:
         return handler(args)
     except (ParamsError, StageError, ValueError, OSError, RuntimeError) as error:

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from hdmnet import layout
 from hdmnet.config import Params
 from hdmnet.layout import Run
+from hdmnet.tracking import PARENT_ENV
 
 # Parameter keys per stage, as dotted paths; "{dataset}" is filled in per job.
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -89,3 +95,36 @@ def final_targets(params: Params) -> list[str]:
     targets = [str(layout.metrics_file(params, run)) for run in layout.all_runs(params)]
     targets += [str(layout.tables_dir(params) / "main.md"), str(layout.report_file(params))]
     return targets
+
+
+def run_workflow(params_file: Path, cores: int, profile: str = "workflow/profiles/default") -> int:
+    """Run the Snakemake workflow (the main job); returns Snakemake's exit code.
+
+    When there is work to do, the jobs of this invocation share one MLflow parent run.
+    A second run with nothing to do only asks Snakemake and returns.
+    """
+    from hdmnet.config import load_params
+    from hdmnet.tracking import end_parent_run, start_parent_run
+
+    env = dict(os.environ)
+    # Rules call `hdmnet`: make the interpreter's bin folder (the venv) visible to them.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [sys.executable, "-m", "snakemake", "--profile", profile, "--cores", str(cores)]
+    if Path(params_file).resolve() != Path("params.yaml").resolve():
+        command += ["--configfile", str(params_file)]
+    dry = subprocess.run(
+        [*command, "--dry-run", "--quiet", "rules"], env=env, capture_output=True, text=True
+    )
+    if dry.returncode != 0:
+        sys.stderr.write(dry.stdout + dry.stderr)
+        return dry.returncode
+    if "Nothing to be done" in dry.stdout + dry.stderr or not dry.stdout.strip():
+        return 0
+    params = load_params(params_file)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    parent = start_parent_run(params, f"pipeline {params.preset} {stamp}")
+    if parent:
+        env[PARENT_ENV] = parent
+    code = subprocess.call(command, env=env)
+    end_parent_run(params, parent, ok=code == 0)
+    return code

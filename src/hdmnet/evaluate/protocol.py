@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdmnet.data.episodes import EpisodeDataset, bbox_mask, binary_mask, load_pair
+from hdmnet.data.episodes import EpisodeDataset, Recipe, bbox_mask, binary_mask, load_pair
 from hdmnet.data.folds import apply_label_map, base_label_map
 from hdmnet.data.lists import ListItem
 from hdmnet.data.transforms import EvalTransform
@@ -84,6 +84,19 @@ class EncodedQuery:
 class EncodedSupport:
     features: Features
     mask: torch.Tensor  # [S, S] resized 0/1/255 support label
+
+
+@dataclass
+class Decoded:
+    """One decoded episode: logits per output at the original label size, the 0/1/255 label,
+    the query, and the correlation maps of the matching layers (coarse to fine)."""
+
+    recipe: Recipe
+    class_index: int
+    logits: dict[str, torch.Tensor]
+    label: np.ndarray
+    query: EncodedQuery
+    correlations: list[torch.Tensor]
 
 
 @dataclass
@@ -162,11 +175,8 @@ class EpisodeRunner:
         key = ("support", item.image, class_id, self.annotation)
         return self.cache.get(key, compute)  # type: ignore[return-value]
 
-    def decode_batch(
-        self, dataset: EpisodeDataset, indices: Sequence[int]
-    ) -> list[tuple[int, int, dict[str, torch.Tensor], np.ndarray, EncodedQuery]]:
-        """Decode episodes ``indices``; per episode (index, class index, logits at the
-        original label size per output, the original-size 0/1/255 label, the query)."""
+    def decode_batch(self, dataset: EpisodeDataset, indices: Sequence[int]) -> list[Decoded]:
+        """Decode episodes ``indices`` together from (cached) features."""
         recipes = [dataset.episode_recipe(i) for i in indices]
         classes = dataset.num_classes
         queries = [self._query(r.query, classes) for r in recipes]
@@ -178,13 +188,20 @@ class EpisodeRunner:
         results = []
         for b, (recipe, query) in enumerate(zip(recipes, queries, strict=True)):
             label = binary_mask(query.mask, recipe.class_id)
-            size = label.shape
             logits = {
-                "final": upsample_to_label(out.final[b : b + 1], size)[0],
-                "meta": upsample_to_label(out.meta[b : b + 1], size)[0],
+                "final": upsample_to_label(out.final[b : b + 1], label.shape)[0],
+                "meta": upsample_to_label(out.meta[b : b + 1], label.shape)[0],
             }
-            index = dataset.classes.index(recipe.class_id)
-            results.append((recipe.index, index, logits, label, query))
+            results.append(
+                Decoded(
+                    recipe=recipe,
+                    class_index=dataset.classes.index(recipe.class_id),
+                    logits=logits,
+                    label=label,
+                    query=query,
+                    correlations=[c[b] for c in out.correlations],
+                )
+            )
         return results
 
     def run(
@@ -220,13 +237,14 @@ class EpisodeRunner:
         bar = progress(work, desc=desc)
         for seed, chunk in bar:
             seed_meters = meters[seed]
-            for _, class_index, logits, label, query in self.decode_batch(datasets[seed], chunk):
-                label_t = torch.from_numpy(label.astype(np.int64))
+            for episode in self.decode_batch(datasets[seed], chunk):
+                label_t = torch.from_numpy(episode.label.astype(np.int64))
                 for name in OUTPUTS:
-                    seed_meters[name].update(class_index, binary_prediction(logits[name]), label_t)
-                if base_meter is not None and query.name not in scored:
-                    scored.add(query.name)
-                    self._score_base(query, base_meter, lut)
+                    prediction = binary_prediction(episode.logits[name])
+                    seed_meters[name].update(episode.class_index, prediction, label_t)
+                if base_meter is not None and episode.query.name not in scored:
+                    scored.add(episode.query.name)
+                    self._score_base(episode.query, base_meter, lut)
             bar.set(miou=100 * seed_meters["final"].miou())
         return ProtocolResult(
             meters=meters,
