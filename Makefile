@@ -19,6 +19,7 @@ demo: install
 	$(BIN)/hdmnet demo
 
 test: install
+	@bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
