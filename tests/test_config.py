@@ -142,3 +142,10 @@ def test_variant_keys_are_checked(tmp_path):
 def test_schema_file_in_workflow_is_the_package_schema():
     workflow_copy = ROOT / "workflow" / "schemas" / "params.schema.yaml"
     assert yaml.safe_load(workflow_copy.read_text()) == config.schema()
+
+
+def test_paper_preset_spells_out_every_key():
+    """Snakemake merges the preset over params.yaml: a key the preset left out would silently
+    come from the default preset, so the preset must be complete."""
+    path = ROOT / "presets" / "paper.yaml"
+    assert yaml.safe_load(path.read_text()) == load_params(path).to_dict()

@@ -326,13 +326,6 @@ def test_plots_read_the_epochs_of_a_training_record():
 # --- params.yaml for DVC ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="params.yaml leaves 11 tracked keys to the schema defaults (data.mirror, "
-    "data.local_files, model.pretrained, model.attention/stages/distill/ensemble/fix_quirks, "
-    "meta.distill_weight/base_weight, eval.seeds): `dvc repro` fails until they are spelled "
-    "out (python -m hdmnet.dvc_params --check); then drop this marker",
-)
 def test_params_yaml_spells_out_every_tracked_key():
     """DVC refuses to run a stage whose parameter keys are missing from params.yaml."""
     raw = yaml.safe_load(PRESETS["default"].read_text())

@@ -41,11 +41,23 @@ def gpus_per_job():
     return PARAMS.train.gpus
 
 
-def prepared_marker(dataset):
-    return layout.prepared_dir(PARAMS, dataset) / "prepared.json"
-
-
 def download_inputs(wildcards):
     if PARAMS.data.source == "synthetic":
         return [layout.synth_dir(PARAMS) / "manifest.json"]
     return []
+
+
+RUNS = layout.all_runs(PARAMS)
+METRICS = [str(layout.metrics_file(PARAMS, run)) for run in RUNS]
+TABLES = RESULTS / "tables"
+
+
+def report_inputs(wildcards):
+    """Records and checkpoints the report reads besides the metrics (curves, examples)."""
+    inputs = [str(layout.meta_dir(PARAMS, run) / "record.json") for run in RUNS]
+    inputs += [str(layout.meta_checkpoint(PARAMS, run)) for run in RUNS]
+    inputs += [
+        str(layout.base_dir(PARAMS, *base) / "record.json")
+        for base in layout.base_learners(PARAMS)
+    ]
+    return inputs

@@ -1,19 +1,22 @@
 # Tables from the metrics records, then figures and the HTML ablation report.
 
-METRICS = [str(layout.metrics_file(PARAMS, run)) for run in layout.all_runs(PARAMS)]
-
 
 rule aggregate:
     input:
         METRICS,
     output:
         main=report(
-            RESULTS / "tables/main.md",
+            TABLES / "main.md",
             caption="../report/tables.rst",
             category="Tables",
         ),
-        csv=RESULTS / "tables/main.csv",
-        latex=RESULTS / "tables/main.tex",
+        other=[
+            TABLES / f"{name}.{ext}"
+            for name in ("main", "ablation", "paper")
+            for ext in ("csv", "tex", "md")
+            if (name, ext) != ("main", "md")
+        ],
+        provenance=TABLES / "provenance.json",
     log:
         "logs/aggregate.log",
     conda:
@@ -28,7 +31,8 @@ rule aggregate:
 rule report:
     input:
         METRICS,
-        RESULTS / "tables/main.md",
+        report_inputs,
+        TABLES / "main.md",
     output:
         html=report(
             RESULTS / "report/index.html",

@@ -40,7 +40,7 @@ from hdmnet.train.distributed import (
     init_distributed,
     per_process_batch,
 )
-from hdmnet.train.loop import Loop, fit
+from hdmnet.train.loop import Loop, finish, fit
 from hdmnet.train.state import seed_everything
 
 log = logging.getLogger("hdmnet.train")
@@ -121,25 +121,24 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
     }
     run_name = f"base-{dataset}-{backbone}-fold{fold}"
     with Tracker(params, "train-base", run_name, tags=tags, rank=info.rank) as tracker:
-        history = fit(
-            Loop(
-                model=net,
-                optimizer=optimizer,
-                loader=loader,
-                sampler=sampler,
-                datasets=[train_set],
-                epochs=schedule.epochs,
-                base_lr=schedule.lr,
-                step=step,
-                validate=validate,
-                on_best=on_best,
-                state_path=out / "state.pth",
-                identity=identity,
-                tracker=tracker,
-                info=info,
-                desc=run_name,
-            )
+        loop = Loop(
+            model=net,
+            optimizer=optimizer,
+            loader=loader,
+            sampler=sampler,
+            datasets=[train_set],
+            epochs=schedule.epochs,
+            base_lr=schedule.lr,
+            step=step,
+            validate=validate,
+            on_best=on_best,
+            state_path=out / "state.pth",
+            identity=identity,
+            tracker=tracker,
+            info=info,
+            desc=run_name,
         )
+        history = fit(loop)
         record: dict[str, Any] = {}
         if info.is_main:
             last = out / "last.pth"
@@ -169,6 +168,7 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
             write_record(out / "record.json", record)
             tracker.log_metrics({"best_val_miou": history.best_metric})
             tracker.log_artifact(out / "record.json")
+        finish(loop)
     cleanup(info)
     return record
 

@@ -117,5 +117,13 @@ def fit(loop: Loop) -> History:
     return history
 
 
+def finish(loop: Loop) -> None:
+    """Training is complete and its checkpoints written: drop the resume state, so that a
+    forced rerun (whose outputs the orchestrator deleted) trains afresh instead of resuming
+    at the end."""
+    if loop.info.is_main:
+        loop.state_path.unlink(missing_ok=True)
+
+
 def _fmt(entry: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "epoch")

@@ -48,7 +48,7 @@ from hdmnet.train.distributed import (
     init_distributed,
     per_process_batch,
 )
-from hdmnet.train.loop import Loop, fit
+from hdmnet.train.loop import Loop, finish, fit
 from hdmnet.train.state import seed_everything
 
 log = logging.getLogger("hdmnet.train")
@@ -162,26 +162,25 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         "world_size": info.world_size,
     }
     with Tracker(variant_params, "train", run.name, tags=tags, rank=info.rank) as tracker:
-        history = fit(
-            Loop(
-                model=net,
-                optimizer=optimizer,
-                loader=loader,
-                sampler=sampler,
-                datasets=[train_set],
-                epochs=schedule.epochs,
-                base_lr=schedule.lr,
-                step=step,
-                validate=validate,
-                on_best=on_best,
-                state_path=out / "state.pth",
-                identity=identity,
-                tracker=tracker,
-                info=info,
-                desc=f"train {run.name}",
-                val_every=schedule.val_every,
-            )
+        loop = Loop(
+            model=net,
+            optimizer=optimizer,
+            loader=loader,
+            sampler=sampler,
+            datasets=[train_set],
+            epochs=schedule.epochs,
+            base_lr=schedule.lr,
+            step=step,
+            validate=validate,
+            on_best=on_best,
+            state_path=out / "state.pth",
+            identity=identity,
+            tracker=tracker,
+            info=info,
+            desc=f"train {run.name}",
+            val_every=schedule.val_every,
         )
+        history = fit(loop)
         record: dict[str, Any] = {}
         if info.is_main:
             save_checkpoint(
@@ -216,6 +215,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
             write_record(out / "record.json", record)
             tracker.log_metrics({"best_val_miou": history.best_metric})
             tracker.log_artifact(out / "record.json")
+        finish(loop)
     cleanup(info)
     return record
 
