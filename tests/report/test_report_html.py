@@ -4,6 +4,7 @@ and it renders in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -161,3 +162,14 @@ def test_report_renders_in_headless_chromium(project_root, tmp_path):
     dark = (pixels.mean(axis=2) < 128).mean()
     assert 0.005 < dark < 0.5
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
+
+
+@pytest.mark.parametrize(("dirty", "shown"), [(False, False), ("false", False), (True, True)])
+def test_dirty_working_tree_is_flagged_only_when_dirty(default_grid, dirty, shown):
+    run = layout.all_runs(default_grid)[0]
+    path = layout.metrics_file(default_grid, run)
+    record = json.loads(path.read_text())
+    record["git"]["git_dirty"] = dirty
+    path.write_text(json.dumps(record))
+    text = build_report(default_grid).read_text(encoding="utf-8")
+    assert ("(dirty)" in text) is shown

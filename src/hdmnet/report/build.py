@@ -111,7 +111,7 @@ def _header(params: Params, metrics: dict[Run, Metrics]) -> str:
     for item in metrics.values():
         git = item.record.get("git") or {}
         commit = str(git.get("git_commit") or "unknown")
-        commits[commit] = commits.get(commit, False) or bool(git.get("git_dirty"))
+        commits[commit] = commits.get(commit, False) or _dirty(git.get("git_dirty"))
     commit_text = ", ".join(f"{c[:12]}{' (dirty)' if d else ''}" for c, d in commits.items())
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [
@@ -346,6 +346,11 @@ def _qualitative_section(
     return "".join(parts) or "<p>The prediction function returned no episodes.</p>"
 
 
+def _dirty(value: Any) -> bool:
+    """Records say True/False (older ones the strings "true"/"false"; None when unknown)."""
+    return value is True or value == "true"
+
+
 def _short(value: Any, n: int = 12) -> str:
     return "-" if value is None else str(value)[:n]
 
@@ -370,7 +375,7 @@ def _provenance_body(
                 _short(prov["checkpoint_sha256"]),
                 f"{len(seeds)}: {', '.join(map(str, seeds))}",
                 prov["episodes_per_seed"],
-                _short(prov["git_commit"]) + (" (dirty)" if prov["git_dirty"] else ""),
+                _short(prov["git_commit"]) + (" (dirty)" if _dirty(prov["git_dirty"]) else ""),
                 _short(prov["config_digest"]),
                 _short(prov["data_hash"]),
                 _seconds(train.get("seconds")),

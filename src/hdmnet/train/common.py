@@ -127,8 +127,11 @@ def checkpoint_hashes(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def provenance(params: Params, device: torch.device) -> dict[str, Any]:
+    git = git_state()
+    # Records hold a real boolean (None when unknown); MLflow tags keep the strings.
+    dirty = {"true": True, "false": False}.get(git["git_dirty"])
     return {
-        "git": git_state(),
+        "git": {"git_commit": git["git_commit"], "git_dirty": dirty},
         "hardware": {
             "hostname": platform.node(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
