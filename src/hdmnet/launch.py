@@ -76,6 +76,21 @@ def torchrun(nproc: int, argv: Sequence[str]) -> int:
         f"--nproc-per-node={nproc}",
         "-m",
         "hdmnet.cli",
-        *argv,
+        *worker_argv(argv),
     ]
     return subprocess.call(command)
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--nproc``: the workers do not need it, and torchrun's own parser
+    rejects it anywhere on its command line (an ambiguous prefix of ``--nproc-per-node``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
