@@ -70,9 +70,17 @@ def summarise(
 
 
 def evaluate(
-    params: Params, run: Run, checkpoint: Path | None = None, cache_mb: int | None = None
+    params: Params,
+    run: Run,
+    checkpoint: Path | None = None,
+    cache_mb: int | None = None,
+    batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Run the protocol for ``run`` and write its metrics record; returns the record."""
+    """Run the protocol for ``run`` and write its metrics record; returns the record.
+
+    ``cache_mb`` (default ``eval.cache_mb``) bounds the feature cache, 0 disables reuse;
+    ``batch_size`` episodes are decoded together (1: one at a time, as the official test loop).
+    """
     variant_params = params.for_variant(run.variant)
     schedule = getattr(variant_params.meta, run.dataset)
     set_threads(params)
@@ -105,6 +113,7 @@ def evaluate(
         schedule.image_size,
         annotation=params.eval.support_annotation,
         cache_mb=params.eval.cache_mb if cache_mb is None else cache_mb,
+        batch_size=batch_size,
         device=info.device,
     )
     tags = {
