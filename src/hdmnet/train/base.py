@@ -20,16 +20,14 @@ from hdmnet.data.transforms import EvalTransform, TrainTransform
 from hdmnet.evaluate.metrics import SemanticMeter, upsample_to_label
 from hdmnet.model import PSPNet, save_checkpoint
 from hdmnet.model.optim import build_pspnet_optimizer
-from hdmnet.records import BASE_KIND, write_record
+from hdmnet.records import BASE_KIND
 from hdmnet.tracking import Tracker
 from hdmnet.train.common import (
     base_identity,
     build_base_model,
-    checkpoint_hashes,
     data_hash,
     dataset_root,
     fold_folder,
-    provenance,
     scheme,
     set_threads,
 )
@@ -40,7 +38,7 @@ from hdmnet.train.distributed import (
     init_distributed,
     per_process_batch,
 )
-from hdmnet.train.loop import Loop, finish, fit
+from hdmnet.train.loop import Loop, conclude, fit
 from hdmnet.train.state import seed_everything
 
 log = logging.getLogger("hdmnet.train")
@@ -139,36 +137,25 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
             desc=run_name,
         )
         history = fit(loop)
-        record: dict[str, Any] = {}
-        if info.is_main:
-            last = out / "last.pth"
-            save_checkpoint(
-                last, model, {**checkpoint_meta, "selection": "last"}, epoch=schedule.epochs - 1
-            )
-            record = {
+        record = conclude(
+            loop,
+            history,
+            model,
+            checkpoint_meta,
+            {
                 "kind": BASE_KIND,
                 "dataset": dataset,
                 "backbone": backbone,
                 "fold": fold,
-                "epochs": history.epochs,
-                "best_epoch": history.best_epoch,
-                "best_val_miou": history.best_metric,
                 "selection": "best_val",
                 "global_batch": schedule.batch_size,
-                "world_size": info.world_size,
                 "per_process_batch": batch,
-                "checkpoints": checkpoint_hashes(out),
                 "config": params.to_dict(),
-                "config_digest": identity["config_digest"],
                 "data_hash": tags["data_hash"],
-                "seconds": time.perf_counter() - started,
-                "mlflow_run_id": tracker.run_id,
-                **provenance(params, info.device),
-            }
-            write_record(out / "record.json", record)
-            tracker.log_metrics({"best_val_miou": history.best_metric})
-            tracker.log_artifact(out / "record.json")
-        finish(loop)
+            },
+            params,
+            started,
+        )
     cleanup(info)
     return record
 

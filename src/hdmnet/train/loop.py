@@ -18,9 +18,13 @@ from typing import Any
 
 import torch
 
+from hdmnet.config import Params
+from hdmnet.model import save_checkpoint
 from hdmnet.model.optim import set_poly_lr
 from hdmnet.progress import progress
+from hdmnet.records import write_record
 from hdmnet.tracking import Tracker
+from hdmnet.train.common import checkpoint_hashes, provenance
 from hdmnet.train.distributed import DistInfo, EpochSampler, barrier
 from hdmnet.train.state import History, Position, load_state, save_state
 
@@ -115,6 +119,42 @@ def fit(loop: Loop) -> History:
             )
         barrier(loop.info)
     return history
+
+
+def conclude(
+    loop: Loop,
+    history: History,
+    model: torch.nn.Module,
+    checkpoint_meta: dict[str, Any],
+    fields: dict[str, Any],
+    params: Params,
+    started: float,
+) -> dict[str, Any]:
+    """After ``fit``: save the last checkpoint, write and log the training record (rank 0),
+    drop the resume state. ``fields`` are the stage's own record entries."""
+    record: dict[str, Any] = {}
+    if loop.info.is_main:
+        out = loop.state_path.parent
+        save_checkpoint(
+            out / "last.pth", model, {**checkpoint_meta, "selection": "last"}, epoch=loop.epochs - 1
+        )
+        record = {
+            **fields,
+            "epochs": history.epochs,
+            "best_epoch": history.best_epoch,
+            "best_val_miou": history.best_metric,
+            "world_size": loop.info.world_size,
+            "checkpoints": checkpoint_hashes(out),
+            "config_digest": loop.identity["config_digest"],
+            "seconds": time.perf_counter() - started,
+            "mlflow_run_id": loop.tracker.run_id,
+            **provenance(params, loop.info.device),
+        }
+        write_record(out / "record.json", record)
+        loop.tracker.log_metrics({"best_val_miou": history.best_metric})
+        loop.tracker.log_artifact(out / "record.json")
+    finish(loop)
+    return record
 
 
 def finish(loop: Loop) -> None:

@@ -26,18 +26,16 @@ from hdmnet.evaluate.protocol import EpisodeRunner
 from hdmnet.layout import Run
 from hdmnet.model import CheckpointError, load_checkpoint, save_checkpoint
 from hdmnet.model.optim import build_hdmnet_optimizer
-from hdmnet.records import TRAIN_KIND, write_record
+from hdmnet.records import TRAIN_KIND
 from hdmnet.tracking import Tracker
 from hdmnet.train.common import (
     base_identity,
     build_meta_model,
-    checkpoint_hashes,
     data_hash,
     dataset_root,
     file_hash,
     fold_folder,
     meta_identity,
-    provenance,
     set_threads,
 )
 from hdmnet.train.distributed import (
@@ -48,7 +46,7 @@ from hdmnet.train.distributed import (
     init_distributed,
     per_process_batch,
 )
-from hdmnet.train.loop import Loop, finish, fit
+from hdmnet.train.loop import Loop, conclude, fit
 from hdmnet.train.state import seed_everything
 
 log = logging.getLogger("hdmnet.train")
@@ -181,41 +179,28 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
             val_every=schedule.val_every,
         )
         history = fit(loop)
-        record: dict[str, Any] = {}
-        if info.is_main:
-            save_checkpoint(
-                out / "last.pth",
-                model,
-                {**checkpoint_meta, "selection": "last"},
-                epoch=schedule.epochs - 1,
-            )
-            record = {
+        record = conclude(
+            loop,
+            history,
+            model,
+            checkpoint_meta,
+            {
                 "kind": TRAIN_KIND,
                 "dataset": run.dataset,
                 "backbone": run.backbone,
                 "variant": run.variant,
                 "fold": run.fold,
                 "shot": run.shot,
-                "epochs": history.epochs,
-                "best_epoch": history.best_epoch,
-                "best_val_miou": history.best_metric,
                 "selection": params.meta.selection,
                 "global_batch": schedule.batch_size,
-                "world_size": info.world_size,
                 "per_process_batch": batch,
-                "checkpoints": checkpoint_hashes(out),
                 "base_checkpoint": {"path": str(base_path), "sha256": identity["base_sha256"]},
                 "config": variant_params.to_dict(),
-                "config_digest": identity["config_digest"],
                 "data_hash": tags["data_hash"],
-                "seconds": time.perf_counter() - started,
-                "mlflow_run_id": tracker.run_id,
-                **provenance(params, info.device),
-            }
-            write_record(out / "record.json", record)
-            tracker.log_metrics({"best_val_miou": history.best_metric})
-            tracker.log_artifact(out / "record.json")
-        finish(loop)
+            },
+            params,
+            started,
+        )
     cleanup(info)
     return record
 
