@@ -45,3 +45,10 @@ def embedded_data(tmp_path_factory, project_root):
         stages.download(params, dataset)
         stages.prepare(params, dataset)
     return params
+
+
+@pytest.fixture(autouse=True)
+def pools_for_any_size(monkeypatch):
+    """Tests use a handful of masks: let the data stages start real process pools anyway, so
+    the parallel code paths are the ones tested (production skips pools for tiny inputs)."""
+    monkeypatch.setattr("hdmnet.parallel.MIN_JOBS_PER_WORKER", 1)

@@ -16,6 +16,10 @@ from typing import TypeVar
 
 from hdmnet.progress import progress
 
+# Starting a pool (forkserver, imports in each worker) costs about half a second, the work of a
+# few hundred masks: below this many jobs per worker, a pool is slower than one process.
+MIN_JOBS_PER_WORKER = 400
+
 J = TypeVar("J")
 R = TypeVar("R")
 
@@ -72,7 +76,8 @@ def map_jobs(
 def parallel_map(
     func: Callable[[J], R], jobs: Sequence[J], workers: int | None, desc: str
 ) -> list[R]:
-    """``list(map(func, jobs))`` in a pool of ``workers`` processes, order kept."""
-    workers = min(resolve_workers(workers), max(1, len(jobs)))
+    """``list(map(func, jobs))`` in a pool of up to ``workers`` processes, order kept (small
+    inputs run in this process: see MIN_JOBS_PER_WORKER)."""
+    workers = min(resolve_workers(workers), max(1, len(jobs) // MIN_JOBS_PER_WORKER))
     with worker_pool(workers) as pool:
         return list(map_jobs(pool, func, jobs, desc, ordered=True))
