@@ -14,13 +14,14 @@ each, small crops: the timing does not depend on how good the model is).
         [--fold 0 --shot 1] [--reps 1] [--profile] [--target 3] [-s key=value ...]
 
 Measured (2-core CPU, 1 thread, quiet machine; default preset: small backbone, 129 px, 10 seeds
-x 100 episodes, fold 0, 1 shot; min of 3): without reuse 27.0 s (27.0 ms/episode), with reuse
-10.1 s (10.1 ms/episode), ratio 2.67x, metrics identical; 106 encodings instead of 2000. The
-cached run is bound by the meta learner's decoding (9.2 ms/episode in batches of 16, two
-thirds of it the transformer), which reuse cannot remove: with the small backbone at 129 px
-an encoding costs only 5-12 ms, so even a free protocol would cap the ratio near 3.5x. With
-ResNet-50 at 473 px an encoding costs about 4.2 s against 1.1 s of decoding per episode, so
-the same reuse would give about 9x (timed on single batches, not with this script).
+x 100 episodes, fold 0, 1 shot): one episode at a time without reuse (the straightforward
+protocol, as the official test loop) 35-38 ms/episode; batched without reuse 25-26 ms; batched
+with reuse (ours) 10-11 ms: 3.2-3.8x against the straightforward protocol, 2.4-2.7x from reuse
+alone; 106 encodings instead of 2000; metrics identical. The cached run is bound by the meta
+learner's decoding (about 9 ms/episode, two thirds of it the transformer), which reuse cannot
+remove: with the small backbone at 129 px an encoding costs only 5-12 ms. With ResNet-50 at
+473 px an encoding costs about 4.2 s against 1.1 s of decoding per episode, so reuse alone
+would give about 9x there (timed on single batches, not with this script).
 """
 
 from __future__ import annotations
@@ -177,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"(wall {wall:7.2f} s), cache {record['timing']['cache']}"
             )
 
-    same = all(records["reuse"][k] == records[name][k] for k in NUMBERS for name in modes)
+    # Reuse must not change a single number (same batches, same arithmetic). Decoding one
+    # episode at a time runs other kernels, whose float rounding can flip a pixel now and then:
+    # that mode must agree closely, not bit for bit.
+    same = all(records["reuse"][k] == records["plain"][k] for k in NUMBERS)
+    drift = abs(records["single"]["miou"] - records["reuse"]["miou"])
+    print(f"one-at-a-time vs batched: mIoU differs by {drift:.4f} points (float rounding)")
+    same = same and drift < 0.1
     reuse, plain, single = (min(times[name]) for name in modes)
     ratio = single / reuse
     print(
