@@ -33,6 +33,22 @@ def test_looks_are_distinct_cells() -> None:
         make_looks(np.random.default_rng(0), 85)
 
 
+def test_looks_sharing_a_hue_differ_in_texture_shape_and_tone() -> None:
+    looks = make_looks(np.random.default_rng(3), 20)
+    # The first 12 classes (one per hue bin) all differ in hue.
+    assert len({round(look.hue, 3) for look in looks[:12]}) == 12
+    by_hue: dict[float, list] = {}
+    for look in looks:
+        by_hue.setdefault(round(look.hue, 3), []).append(look)
+    shared = [group for group in by_hue.values() if len(group) > 1]
+    assert len(shared) == 8  # 20 classes over 12 bins
+    for first, second in shared:
+        assert first.texture != second.texture
+        assert first.shape != second.shape
+        # Bright band (value >= 0.78) then dark band (value <= 0.62).
+        assert first.value >= 0.78 > 0.62 >= second.value
+
+
 def test_class_weights_imbalanced_with_top_class() -> None:
     weights = class_weights(20, 0.8, np.random.default_rng(1), top=15)
     assert weights.shape == (20,)

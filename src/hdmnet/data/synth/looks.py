@@ -1,15 +1,16 @@
 """Class appearances and the painting of objects and backgrounds.
 
 Every class gets a distinct (texture, hue) cell, so any two classes differ in texture family or in
-hue by at least one hue bin; shape family, texture frequency, secondary colour, saturation and
-brightness vary on top. Instances jitter size, aspect, rotation and colour around the class look.
+hue by at least one hue bin; classes sharing a hue bin also differ in tone and shape (see
+``make_looks``). Texture periods are coarse enough to survive the demo's downscaling to 129 px.
+Texture frequency, secondary colour, saturation and brightness vary on top. Instances jitter
+size, aspect, rotation and colour around the class look.
 Backgrounds are low-saturation gradients with blotches and fine noise: no class texture ever
 appears there, so "object vs background" and "which class" are both learnable from appearance.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "noise", "grid")
 SECONDARY = ("dark", "light", "complement", "analog")
 HUE_BINS = 12
 #: Texture periods in pixels; a class uses one, instances jitter it by a few percent.
-PERIODS = (5.0, 8.0, 13.0)
+PERIODS = (9.0, 13.0, 18.0)
 #: Radial samples per shape outline; enough for smooth curves at these image sizes.
 OUTLINE_POINTS = 72
 
@@ -45,18 +46,38 @@ class ClassLook:
 
 
 def make_looks(rng: np.random.Generator, n_classes: int) -> list[ClassLook]:
-    """Draw ``n_classes`` looks, each in its own (texture, hue bin) cell."""
-    cells = list(itertools.product(range(len(TEXTURES)), range(HUE_BINS)))
-    if n_classes > len(cells):
-        raise ValueError(f"at most {len(cells)} distinct class looks exist, asked for {n_classes}")
-    order = rng.permutation(len(cells))[:n_classes]
+    """Draw ``n_classes`` looks, spread so that classes are told apart at low resolution.
+
+    Classes fill the hue bins round-robin (a random bin order), so the first ``HUE_BINS``
+    classes all differ in hue. A class that shares its bin with earlier ones differs from each
+    of them in texture family, in tone (alternating bright and dark bands of brightness) and,
+    while families remain, in shape: colour, the cue a small network picks up first, never
+    alone decides between two classes.
+    """
+    if n_classes > len(TEXTURES) * HUE_BINS:
+        raise ValueError(
+            f"at most {len(TEXTURES) * HUE_BINS} distinct class looks exist, asked for {n_classes}"
+        )
+    bin_order = rng.permutation(HUE_BINS)
     hue_offset = rng.uniform(0.0, 360.0 / HUE_BINS)  # one global shift: bins stay equally spaced
+    textures_in_bin: dict[int, list[int]] = {int(b): [] for b in bin_order}
+    shapes_in_bin: dict[int, list[int]] = {int(b): [] for b in bin_order}
     looks = []
-    for index in order:
-        texture_index, hue_bin = cells[index]
+    for index in range(n_classes):
+        hue_bin = int(bin_order[index % HUE_BINS])
+        occupants = index // HUE_BINS  # classes already in this bin
+        free_textures = [t for t in range(len(TEXTURES)) if t not in textures_in_bin[hue_bin]]
+        texture_index = free_textures[int(rng.integers(len(free_textures)))]
+        free_shapes = [s for s in range(len(SHAPES)) if s not in shapes_in_bin[hue_bin]]
+        shape_index = (free_shapes or list(range(len(SHAPES))))[
+            int(rng.integers(len(free_shapes) or len(SHAPES)))
+        ]
+        textures_in_bin[hue_bin].append(texture_index)
+        shapes_in_bin[hue_bin].append(shape_index)
+        bright = occupants % 2 == 0
         looks.append(
             ClassLook(
-                shape=SHAPES[int(rng.integers(len(SHAPES)))],
+                shape=SHAPES[shape_index],
                 shape_order=int(rng.integers(3, 8)),
                 shape_depth=float(rng.uniform(0.35, 0.75)),
                 aspect=float(np.exp(rng.uniform(-0.45, 0.45))),
@@ -64,8 +85,8 @@ def make_looks(rng: np.random.Generator, n_classes: int) -> list[ClassLook]:
                 period=float(PERIODS[int(rng.integers(len(PERIODS)))]),
                 texture_angle=float(rng.uniform(0.0, math.pi)),
                 hue=float((hue_bin * 360.0 / HUE_BINS + hue_offset) % 360.0),
-                saturation=float(rng.uniform(0.55, 0.95)),
-                value=float(rng.uniform(0.5, 0.95)),
+                saturation=float(rng.uniform(0.7, 0.95) if bright else rng.uniform(0.5, 0.7)),
+                value=float(rng.uniform(0.78, 0.95) if bright else rng.uniform(0.45, 0.62)),
                 secondary=SECONDARY[int(rng.integers(len(SECONDARY)))],
                 mix=float(rng.uniform(0.6, 0.95)),
             )
