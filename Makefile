@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/hdmnet demo
 
 test: install
-	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_test_tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -74,6 +74,8 @@ def test_typed_dataclasses_match_the_schema():
         ("grid.folds=[0, 4]", "grid.folds.1"),
         ("grid.shots=[0]", "grid.shots.0"),
         ("meta.pascal.epochs=three", "meta.pascal.epochs"),
+        ("meta.pascal.shot_epochs={5: 0}", "meta.pascal.shot_epochs.5"),
+        ("meta.pascal.shot_epochs={five: 3}", "meta.pascal.shot_epochs"),
         ("data.coco_split=random", "data.coco_split"),
         ("model.stages=0", "model.stages"),
         ("grid.backbones=[resnet18]", "grid.backbones.0"),
@@ -113,6 +115,28 @@ def test_overrides_are_parsed_and_applied():
     assert params.grid.folds == [1, 2]
     assert params.model.bf16 is True
     assert isinstance(params.meta.pascal.lr, float)
+
+
+def test_shot_epochs_set_one_shot_count_and_retrain_only_its_jobs():
+    from hdmnet.layout import Run
+    from hdmnet.pipeline import run_digest
+
+    params = load_params(
+        ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={5: 3}"]
+    )
+    assert params.meta.pascal.epochs_for(1) == 5 and params.meta.pascal.epochs_for(5) == 3
+    changed = load_params(
+        ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={5: 4}"]
+    )
+    for shot, same in ((1, True), (5, False)):
+        run = Run("pascal", "small", "full", 0, shot)
+        assert (run_digest(params, run, "train") == run_digest(changed, run, "train")) is same
+    # Listing a shot with the default epoch count is the same job as not listing it.
+    spelled = load_params(
+        ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={1: 5, 5: 3}"]
+    )
+    run = Run("pascal", "small", "full", 0, 1)
+    assert run_digest(spelled, run, "train") == run_digest(params, run, "train")
 
 
 def test_variants_apply_their_overrides_and_change_the_digest():

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("report", "write figures and the self-contained HTML ablation report")
     cmd = add("demo", "the main job: the whole default pipeline, ending in tables and report")
     cmd.add_argument("--cores", type=int, default=2, help="parallel jobs (default: 2)")
+    cmd.add_argument(
+        "--profile",
+        default="workflow/profiles/default",
+        help="Snakemake profile (default: workflow/profiles/default; a cluster: "
+        "workflow/profiles/slurm)",
+    )
     return parser
 
 
@@ -221,7 +227,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.overrides:
         raise ParamsError("demo runs the workflow on a parameter file: edit it or use --params")
-    code = run_workflow(args.params, args.cores)
+    code = run_workflow(args.params, args.cores, args.profile)
     if code != 0:
         print(f"hdmnet demo: the workflow failed (exit {code}); see logs/", file=sys.stderr)
         return code

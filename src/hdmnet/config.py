@@ -117,6 +117,7 @@ class BaseSchedules:
 @dataclass(frozen=True)
 class MetaSchedule:
     epochs: int
+    shot_epochs: dict[int, int]
     batch_size: int
     lr: float
     weight_decay: float
@@ -125,6 +126,10 @@ class MetaSchedule:
     val_episodes: int
     val_every: int
     test_episodes: int
+
+    def epochs_for(self, shot: int) -> int:
+        """Training epochs of a ``shot``-shot model: ``shot_epochs[shot]``, else ``epochs``."""
+        return self.shot_epochs.get(shot, self.epochs)
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,13 @@ def from_mapping(raw: Mapping[str, Any], source: str = "params") -> Params:
             if key.split(".")[0] in {"grid", "ablation", "variants", "paths", "tracking"}:
                 raise ParamsError(f"{source}: variants.{name}: key {key!r} cannot vary per variant")
             _check_known_key(key, f"{source}: variants.{name}")
+    for dataset in ("pascal", "coco"):
+        for shot in data["meta"][dataset]["shot_epochs"]:
+            if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
+                raise ParamsError(
+                    f"{source}: meta.{dataset}.shot_epochs: key {shot!r} is not a shot count "
+                    "(a positive integer)"
+                )
     params = _build(Params, data)
     object.__setattr__(params, "raw", data)
     unknown = sorted(set(params.ablation.variants) - set(params.variants))

@@ -133,7 +133,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_report_renders_in_headless_chromium(project_root, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (scripts/ensure_chromium.sh installs it)")
+        pytest.skip("chromium is not installed (scripts/ensure_test_tools.sh installs it)")
     params = default_params(project_root, tmp_path, "grid.folds=[0]", "grid.shots=[1]")
     write_grid(params)
     path = build_report(params, lambda run, n: [episode(1, seed=i) for i in range(2)])

@@ -35,22 +35,30 @@ def merge(base: dict, extra: dict) -> dict:
     return base
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    tree = workflow_copy(tmp_path_factory.mktemp("pipeline"))
+def run_tiny_demo(
+    folder: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """`hdmnet demo ARGS` on a copy of the workflow whose params.yaml is the TINY grid."""
+    tree = workflow_copy(folder)
     params = merge(yaml.safe_load((tree / "params.yaml").read_text()), TINY)
     (tree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("HDMNET_PARENT_RUN_ID", None)
     done = subprocess.run(
-        [sys.executable, "-m", "hdmnet.cli", "demo", "--cores", "2"],
+        [sys.executable, "-m", "hdmnet.cli", "demo", *args],
         cwd=tree,
         env=env,
         capture_output=True,
         text=True,
+        timeout=1200,
     )
     return tree, done
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    return run_tiny_demo(tmp_path_factory.mktemp("pipeline"), "--cores", "2")
 
 
 def test_demo_runs_every_stage_and_prints_the_table(pipeline):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -101,9 +102,10 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
         optimizer.step()
         return float(loss.detach()), {}
 
+    validation = BaseValidation(val_set, info, params.eval.cache_mb)
+
     def validate() -> float:
-        meter = validate_base(model, val_set, info)
-        return 100 * meter.miou()
+        return 100 * validation(model).miou()
 
     def on_best(epoch: int, metric: float) -> None:
         meta = {**checkpoint_meta, "selection": "best_val", "val_miou": metric}
@@ -160,21 +162,67 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
     return record
 
 
-@torch.inference_mode()
-def validate_base(model: PSPNet, val_set: BaseDataset, info: Any) -> SemanticMeter:
-    """Base-class IoU over the validation images (this process's share, summed over all)."""
-    was_training = model.training
-    model.eval()
-    meter = SemanticMeter(val_set.num_classes)
-    for index in range(info.rank, len(val_set), info.world_size):
-        sample = val_set[index]
-        logits = model(sample["image"][None].to(info.device))
-        logits = upsample_to_label(logits, tuple(sample["label"].shape))
-        meter.update(logits[0].argmax(0).cpu(), sample["label"])
-    meter.inter = all_reduce_sum(meter.inter, info)
-    meter.union = all_reduce_sum(meter.union, info)
-    model.train(was_training)
-    return meter
+class BaseValidation:
+    """Base-class IoU over this process's share of the validation images, summed over all.
+
+    Validation inputs are deterministic (``EvalTransform``), so they are prepared once and kept
+    for every later epoch when they fit in ``budget_mb`` (``eval.cache_mb``; beyond it they are
+    read again each time), and the model sees them in batches of ``batch_size``.
+    """
+
+    def __init__(
+        self, val_set: BaseDataset, info: Any, budget_mb: int, batch_size: int = 16
+    ) -> None:
+        self.val_set = val_set
+        self.info = info
+        self.indices = list(range(info.rank, len(val_set), info.world_size))
+        self.budget = budget_mb * 2**20
+        self.batch_size = batch_size
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _samples(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+        size = 0
+        for index in self.indices:
+            sample = self.val_set[index]
+            image, label = sample["image"], sample["label"].to(torch.uint8)  # labels fit 0..255
+            if kept is not None:
+                size += image.nbytes + label.nbytes
+                if size <= self.budget:
+                    kept.append((image, label))
+                else:
+                    kept = None  # over budget: read the images again next time
+            yield image, label
+        self._kept = kept
+
+    @torch.inference_mode()
+    def __call__(self, model: PSPNet) -> SemanticMeter:
+        was_training = model.training
+        model.eval()
+        meter = SemanticMeter(self.val_set.num_classes)
+        batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def flush() -> None:
+            images = torch.stack([image for image, _ in batch]).to(self.info.device)
+            logits = model(images)
+            for row, (_, label) in enumerate(batch):
+                upsampled = upsample_to_label(logits[row : row + 1], tuple(label.shape))
+                meter.update(upsampled[0].argmax(0).cpu(), label.long())
+            batch.clear()
+
+        for pair in self._samples():
+            batch.append(pair)
+            if len(batch) == self.batch_size:
+                flush()
+        if batch:
+            flush()
+        meter.inter = all_reduce_sum(meter.inter, self.info)
+        meter.union = all_reduce_sum(meter.union, self.info)
+        model.train(was_training)
+        return meter
 
 
 def _wrap(model: torch.nn.Module, info: Any) -> torch.nn.Module:
@@ -187,4 +235,4 @@ def _wrap(model: torch.nn.Module, info: Any) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-__all__ = ["train_base", "validate_base"]
+__all__ = ["BaseValidation", "train_base"]

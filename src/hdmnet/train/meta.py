@@ -166,7 +166,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
             loader=loader,
             sampler=sampler,
             datasets=[train_set],
-            epochs=schedule.epochs,
+            epochs=schedule.epochs_for(run.shot),
             base_lr=schedule.lr,
             step=step,
             validate=validate,
