@@ -241,7 +241,8 @@ def set_key(params: dict, dotted: str, value) -> None:
 # Parameter edits of the default preset (values no preset uses, so each is a real change).
 EDITS: dict[str, dict[str, object]] = {
     "variant": {"variants.stages_1": {"model.stages": 2}},
-    "meta": {"meta.pascal.epochs": 97},
+    "meta": {"meta.pascal.lr": 0.00097},
+    "shot_epochs": {"meta.pascal.shot_epochs": {5: 97}},
     "base": {"base.pascal.epochs": 97},
     "evaluation": {"meta.pascal.test_episodes": 13},
     # Settings that change no result: feature-cache budget, MLflow experiment, loader workers.
@@ -281,6 +282,18 @@ def test_variant_change_reruns_only_that_variant(reruns):
 def test_meta_change_retrains_every_meta_learner_but_no_base_learner(reruns):
     runs = default_sizes()["main"] + default_sizes()["variants"]
     assert rules(reruns["meta"]) == {"train": runs, "evaluate": runs, "aggregate": 1, "report": 1}
+
+
+def test_epochs_of_one_shot_count_retrain_only_its_jobs(reruns):
+    jobs = reruns["shot_epochs"]
+    raw, n = yaml.safe_load((ROOT / "params.yaml").read_text()), default_sizes()
+    five_shot = sum(
+        n[part] // len(raw[block]["shots"])
+        for part, block in (("main", "grid"), ("variants", "ablation"))
+        if 5 in raw[block]["shots"]
+    )
+    assert rules(jobs) == {"train": five_shot, "evaluate": five_shot, "aggregate": 1, "report": 1}
+    assert {j.get("shot") for j in jobs if j.rule in ("train", "evaluate")} == {"5"}
 
 
 def test_base_change_retrains_base_and_meta_learners(reruns):
