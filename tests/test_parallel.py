@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -39,3 +40,30 @@ def test_worker_errors_reach_the_caller():
 def test_negative_worker_count_is_refused():
     with pytest.raises(ValueError, match="workers must be >= 0"):
         parallel.resolve_workers(-1)
+
+
+def test_a_failing_job_among_many_pending_ones_neither_hangs_nor_runs_the_rest():
+    # multiprocessing.Pool could hang for good on exit here (terminate with a blocked feeder).
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        jobs = [1] * 20 + [-3] + [1] * 4000
+        try:
+            with parallel.worker_pool(2) as pool:
+                for _ in parallel.map_jobs(pool, square, jobs, "squares"):
+                    pass
+        except ValueError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the pool did not shut down after a failing job"
+    assert outcome == {"error": "negative input -3"}
+
+
+def test_unordered_and_ordered_mapping_return_every_result():
+    with parallel.worker_pool(2) as pool:
+        unordered = list(parallel.map_jobs(pool, square, list(range(300)), "squares"))
+        ordered = list(parallel.map_jobs(pool, square, list(range(300)), "squares", ordered=True))
+    assert sorted(unordered) == ordered == [x * x for x in range(300)]

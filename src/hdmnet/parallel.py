@@ -3,6 +3,11 @@
 Workers come from a *forkserver*: forking the calling process directly can deadlock when it
 holds threads (torch, tqdm's monitor, a test runner), because a child inherits locks held by
 threads that do not exist in it. The forkserver is a fresh single-threaded process.
+
+The pool is a ``concurrent.futures.ProcessPoolExecutor``, not ``multiprocessing.Pool``: when a
+job fails part way, ``Pool.terminate`` can hang for good (its task-feeding thread blocked on a
+queue lock; seen in the bad-input tests), whereas the executor drops the pending chunks and lets
+the running ones finish.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.pool import Pool
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
 from hdmnet.progress import progress
@@ -41,22 +46,30 @@ def resolve_workers(workers: int | None) -> int:
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int | None) -> Iterator[Pool | None]:
+def worker_pool(workers: int | None) -> Iterator[ProcessPoolExecutor | None]:
     """A pool of ``workers`` processes, or None (run in-process) for 0 or 1.
 
     Create it before loading large inputs, so that nothing large is pickled to the workers.
+    On exit, also after an error, jobs not started are cancelled and running ones finish.
     """
     workers = resolve_workers(workers)
     if workers <= 1:
         yield None
         return
     context = multiprocessing.get_context("forkserver")
-    with context.Pool(workers, initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    try:
         yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_chunk(func: Callable[[J], R], chunk: Sequence[J]) -> list[R]:
+    return [func(job) for job in chunk]
 
 
 def map_jobs(
-    pool: Pool | None,
+    pool: ProcessPoolExecutor | None,
     func: Callable[[J], R],
     jobs: Sequence[J],
     desc: str,
@@ -67,9 +80,13 @@ def map_jobs(
         results: Iterator[R] = map(func, jobs)
     else:
         # Chunks amortise the pickling; small enough that the bar and load balance stay smooth.
-        chunksize = max(1, min(64, len(jobs) // (8 * pool._processes)))  # type: ignore[attr-defined]
-        mapper = pool.imap if ordered else pool.imap_unordered
-        results = mapper(func, jobs, chunksize=chunksize)
+        size = max(1, min(64, len(jobs) // (8 * pool._max_workers)))  # type: ignore[attr-defined]
+        futures = [
+            pool.submit(_run_chunk, func, jobs[start : start + size])
+            for start in range(0, len(jobs), size)
+        ]
+        done = futures if ordered else as_completed(futures)
+        results = (result for future in done for result in future.result())
     yield from progress(results, total=len(jobs), desc=desc)
 
 
