@@ -45,7 +45,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 from hdmnet import layout
-from hdmnet.config import Params, from_mapping, load_params, parse_override
+from hdmnet.config import Params, load_params
 from hdmnet.layout import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,17 +58,6 @@ QUICK_TRAINING = [
     "meta.pascal.image_size=97",
     "meta.pascal.val_episodes=20",
 ]
-
-
-def derive(params: Params, overrides: list[str]) -> Params:
-    raw = params.to_dict()
-    for key, value in map(parse_override, overrides):
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_mapping(raw)
 
 
 def prepare_data(params: Params) -> None:
@@ -85,7 +74,7 @@ def quick_checkpoint(params: Params, run: Run) -> Path:
     from hdmnet.train.base import train_base
     from hdmnet.train.meta import train_meta
 
-    quick = derive(params, QUICK_TRAINING)
+    quick = params.with_overrides(QUICK_TRAINING)
     print("training a quick base and meta learner (1 epoch each) ...")
     train_base(quick, run.dataset, run.backbone, run.fold)
     record = train_meta(quick, run)

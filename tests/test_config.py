@@ -115,6 +115,11 @@ def test_overrides_are_parsed_and_applied():
     assert params.grid.folds == [1, 2]
     assert params.model.bf16 is True
     assert isinstance(params.meta.pascal.lr, float)
+    # The same on loaded parameters: the file's other values stay, bad keys are refused.
+    again = params.with_overrides(["meta.pascal.epochs=4"])
+    assert again.meta.pascal.epochs == 4 and again.grid.folds == [1, 2]
+    with pytest.raises(ParamsError, match=r"meta\.pascal\.epochz"):
+        params.with_overrides(["meta.pascal.epochz=4"])
 
 
 def test_shot_epochs_set_one_shot_count_and_retrain_only_its_jobs():

@@ -183,6 +183,11 @@ class Params:
         text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def with_overrides(self, overrides: Iterable[str]) -> Params:
+        """These parameters with ``key=value`` overrides applied (validated again)."""
+        parsed = dict(parse_override(item) for item in overrides)
+        return from_mapping(_apply(self.raw, parsed, source="override"))
+
     def for_variant(self, name: str) -> Params:
         """These parameters with a named ablation variant's overrides applied."""
         if name == "full":

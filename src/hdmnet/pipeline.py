@@ -79,24 +79,30 @@ def stage_keys(stage: str, dataset: str | None = None) -> list[str]:
     return [key.format(dataset=dataset) for key in STAGE_KEYS[stage]]
 
 
-def digest(params: Params, stage: str, dataset: str | None = None, shot: int | None = None) -> str:
-    """Short hash of the parameters one job of ``stage`` depends on.
-
-    With ``shot``, a meta-training job depends on its own epoch count only, so changing the
-    epochs of one shot count does not retrain the others.
-    """
-    values = {key: lookup(params.raw, key) for key in stage_keys(stage, dataset)}
-    epochs_key = f"meta.{dataset}.epochs"
-    if shot is not None and epochs_key in values:
-        values[epochs_key] = getattr(params.meta, dataset).epochs_for(shot)
-        del values[f"meta.{dataset}.shot_epochs"]
-    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def digest(params: Params, stage: str, dataset: str | None = None) -> str:
+    """Short hash of the parameters one job of ``stage`` depends on."""
+    return _hash({key: lookup(params.raw, key) for key in stage_keys(stage, dataset)})
 
 
 def run_digest(params: Params, run: Run, stage: str) -> str:
-    """Digest of a meta-learner job, with its variant's overrides applied."""
-    return digest(params.for_variant(run.variant), stage, run.dataset, run.shot)
+    """Digest of a meta-learner job, with its variant's overrides applied.
+
+    A meta-training job depends on its own epoch count only (``epochs_for`` its shot), so
+    changing the epochs of one shot count does not retrain the others.
+    """
+    variant = params.for_variant(run.variant)
+    values = {key: lookup(variant.raw, key) for key in stage_keys(stage, run.dataset)}
+    if stage == "train":
+        del values[f"meta.{run.dataset}.shot_epochs"]
+        values[f"meta.{run.dataset}.epochs"] = getattr(variant.meta, run.dataset).epochs_for(
+            run.shot
+        )
+    return _hash(values)
+
+
+def _hash(values: dict[str, Any]) -> str:
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def final_targets(params: Params) -> list[str]:

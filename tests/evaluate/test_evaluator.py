@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.train.test_engines import RUN, Trained, derive, trained_setup, write_params
+from tests.train.test_engines import RUN, Trained, trained_setup, write_params
 
 from hdmnet import layout
 from hdmnet.data.classes import VOC_CLASSES
@@ -114,7 +114,7 @@ def test_a_checkpoint_of_another_setting_is_refused(trained, grid, conflict, cap
 def test_a_missing_meta_checkpoint_names_the_training_stage(trained, tmp_path, capsys):
     from hdmnet.cli import main
 
-    params = derive(trained.params, [f"paths.results={tmp_path}"])
+    params = trained.params.with_overrides([f"paths.results={tmp_path}"])
     params_file = write_params(params, tmp_path / "p.yaml")
     grid = ["--dataset", "pascal", "--backbone", "small", "--fold", "0", "--shot", "1"]
     assert main(["evaluate", "--params", str(params_file), *grid, "--variant", "stages_1"]) == 2

@@ -9,7 +9,6 @@ import sys
 
 from tests.train.test_engines import (
     GRID,
-    derive,
     iterations_per_epoch,
     train_items,
     write_params,
@@ -44,8 +43,7 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(embedded_data, tmp_path
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = derive(
-        embedded_data,
+    params = embedded_data.with_overrides(
         [
             *SMALL,
             f"paths.results={tmp_path / 'results'}",
@@ -80,8 +78,7 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(embedded_data, tmp_path
 
 
 def test_a_global_batch_the_processes_cannot_share_fails_clearly(embedded_data, tmp_path):
-    params = derive(
-        embedded_data,
+    params = embedded_data.with_overrides(
         [
             *SMALL,
             f"paths.results={tmp_path / 'results'}",

@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ import yaml
 
 from hdmnet import layout
 from hdmnet.cli import main
-from hdmnet.config import Params, from_mapping, parse_override
+from hdmnet.config import Params
 from hdmnet.layout import Run
 
 RUN = Run("pascal", "small", "full", 0, 1)
@@ -67,18 +68,6 @@ TINY = [
 ]
 
 
-def derive(params: Params, overrides: Sequence[str]) -> Params:
-    """``params`` with ``key=value`` overrides applied (validated again)."""
-    raw = params.to_dict()
-    for key, value in map(parse_override, overrides):
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_mapping(raw)
-
-
 def write_params(params: Params, path: Path) -> Path:
     """A frozen parameter file for the CLI (independent of edits to the project's params.yaml)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,20 +78,10 @@ def write_params(params: Params, path: Path) -> Path:
 @contextlib.contextmanager
 def environ(**values: str | None) -> Iterator[None]:
     """Set (or, with None, remove) environment variables for the duration of the block."""
-    saved = {key: os.environ.get(key) for key in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with mock.patch.dict(os.environ, {k: v for k, v in values.items() if v is not None}):
+        for key in [k for k, v in values.items() if v is None]:
+            os.environ.pop(key, None)
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @dataclass(frozen=True)
@@ -120,7 +99,7 @@ def trained_setup(embedded: Params) -> Trained:
     from hdmnet.tracking import PARENT_ENV, end_parent_run, start_parent_run
 
     folder = Path(embedded.paths.results).parent / "engines"
-    params = derive(embedded, [*TINY, f"paths.results={folder / 'results'}"])
+    params = embedded.with_overrides([*TINY, f"paths.results={folder / 'results'}"])
     params_file = folder / "params.yaml"
     done = folder / "setup.json"
     if not done.exists():
@@ -200,7 +179,7 @@ def test_trained_model_beats_an_untrained_one_on_novel_classes(trained, tmp_path
     from hdmnet.model import load_checkpoint, save_checkpoint
     from hdmnet.train.common import base_identity, build_meta_model, meta_identity
 
-    params = derive(trained.params, [f"paths.results={tmp_path}", "tracking.enabled=false"])
+    params = trained.params.with_overrides([f"paths.results={tmp_path}", "tracking.enabled=false"])
     torch.manual_seed(0)
     model = build_meta_model(params, RUN)
     base_path = trained.base["checkpoints"]["best"]["path"]
@@ -222,7 +201,8 @@ def test_trained_model_beats_an_untrained_one_on_novel_classes(trained, tmp_path
 
 def test_meta_training_names_the_missing_base_learner_stage(trained, tmp_path, capsys):
     params_file = write_params(
-        derive(trained.params, [f"paths.results={tmp_path / 'results'}"]), tmp_path / "p.yaml"
+        trained.params.with_overrides([f"paths.results={tmp_path / 'results'}"]),
+        tmp_path / "p.yaml",
     )
     grid = ["--dataset", "pascal", "--backbone", "small", "--fold", "2", "--shot", "1"]
     assert main(["train", "--params", str(params_file), *grid]) == 2
@@ -232,7 +212,7 @@ def test_meta_training_names_the_missing_base_learner_stage(trained, tmp_path, c
 
 
 def test_meta_training_refuses_a_base_learner_of_another_fold(trained, tmp_path, capsys):
-    params = derive(trained.params, [f"paths.results={tmp_path / 'results'}"])
+    params = trained.params.with_overrides([f"paths.results={tmp_path / 'results'}"])
     foreign = layout.base_checkpoint(params, "pascal", "small", 1)
     foreign.parent.mkdir(parents=True)
     shutil.copy(trained.base["checkpoints"]["best"]["path"], foreign)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.train.test_engines import GRID, RUN, derive, trained_setup, write_params
+from tests.train.test_engines import GRID, RUN, trained_setup, write_params
 
 from hdmnet import layout
 
@@ -94,8 +94,7 @@ def extra_args(command: str) -> list[str]:
 
 
 def test_killed_base_training_resumes_to_the_uninterrupted_result(embedded_data, tmp_path):
-    params = derive(
-        embedded_data,
+    params = embedded_data.with_overrides(
         [
             f"paths.results={tmp_path / 'results'}",
             "tracking.enabled=false",
@@ -118,8 +117,7 @@ def test_killed_base_training_resumes_to_the_uninterrupted_result(embedded_data,
 def test_killed_meta_training_resumes_to_the_uninterrupted_result(embedded_data, tmp_path):
     """The same for HDMNet meta-training (AdamW, episodes, cached validation features)."""
     trained = trained_setup(embedded_data)
-    params = derive(
-        trained.params,
+    params = trained.params.with_overrides(
         [
             f"paths.results={tmp_path / 'results'}",
             "tracking.enabled=false",
