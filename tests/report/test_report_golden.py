@@ -1,0 +1,105 @@
+"""The rendered tables and provenance.json of fixed record grids, compared with golden files.
+
+The goldens were rendered by the hand-written renderers before the tables moved to pandas; the
+current code must reproduce Markdown, CSV and provenance.json byte for byte and LaTeX up to
+whitespace. The scenarios together use every table feature: the paper comparison on and off,
+ablation deltas, folds outside the grid, a full model missing on an ablation fold, a mean that is
+not compared, mixed checkpoint selection, the COCO split note and several row groups.
+
+Regenerate (only for an intended change of the output) with
+``HDMNET_UPDATE_GOLDEN=1 pytest tests/report/test_report_golden.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from tests.report.fixtures_records import default_params, metrics_record, paper_params, write_grid
+
+from hdmnet import layout
+from hdmnet.layout import Run
+from hdmnet.records import write_record
+from hdmnet.report.build import aggregate
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("HDMNET_UPDATE_GOLDEN") == "1"
+# The grid is spelled out so that an edit of params.yaml's grid does not change the goldens.
+EMBEDDED_GRID = (
+    "grid.datasets=[pascal]",
+    "grid.backbones=[small]",
+    "grid.folds=[0, 1, 2, 3]",
+    "grid.shots=[1, 5]",
+    "ablation.datasets=[pascal]",
+    "ablation.backbones=[small]",
+    "ablation.folds=[0]",
+    "ablation.shots=[1]",
+    "ablation.variants=[no_distill, dot_attention, stages_1, stages_2, no_ensemble, "
+    "no_exclusion, fixed_quirks]",
+)
+SCENARIOS = {
+    # Embedded data: no paper comparison; ablation deltas on fold 0, other folds missing.
+    "embedded": (default_params, EMBEDDED_GRID, None),
+    # Folds 1 and 3 not run, the full model missing on ablation fold 1, one run selected "last".
+    "partial": (
+        default_params,
+        (
+            *EMBEDDED_GRID,
+            "grid.folds=[0, 2]",
+            "grid.shots=[1]",
+            "ablation.folds=[0, 1]",
+            "ablation.variants=[stages_1, no_distill]",
+        ),
+        Run("pascal", "small", "full", 2, 1),
+    ),
+    # Real data: paper and difference rows, published variant means (one missing).
+    "paper": (paper_params, ("grid.folds=[0, 1, 2, 3]", "ablation.folds=[0, 1, 2, 3]"), None),
+    # Two groups, partial folds (means not compared) and a COCO split unlike the paper's.
+    "paper-partial": (
+        paper_params,
+        (
+            "grid.datasets=[pascal, coco]",
+            "grid.folds=[0, 1]",
+            "ablation.folds=[0]",
+            "ablation.variants=[no_ensemble]",
+            "data.coco_split=panet",
+        ),
+        None,
+    ),
+}
+FILES = [f"{n}.{e}" for n in ("main", "ablation", "paper") for e in ("md", "csv", "tex")]
+
+
+def _latex_tokens(text: str) -> str:
+    """LaTeX with whitespace runs made one space and none beside a column or row separator."""
+    return re.sub(r" ?(&|\\\\) ?", r"\1", re.sub(r"\s+", " ", text)).strip()
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_tables_match_the_golden_files(project_root, tmp_path, scenario):
+    make_params, overrides, last_selected = SCENARIOS[scenario]
+    params = make_params(project_root, tmp_path, *overrides)
+    write_grid(params, training=False)
+    if last_selected is not None:
+        path = layout.metrics_file(params, last_selected)
+        write_record(path, metrics_record(last_selected, selection="last"))
+    out = layout.tables_dir(params)
+    assert {p.name for p in aggregate(params)} == {*FILES, "provenance.json"}
+
+    rendered = {name: (out / name).read_text(encoding="utf-8") for name in FILES}
+    # Record paths lie in the temporary results folder: stored with a placeholder.
+    prov = (out / "provenance.json").read_text(encoding="utf-8")
+    rendered["provenance.json"] = prov.replace(str(params.paths.results), "<results>")
+    folder = GOLDEN / scenario
+    if UPDATE:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered.items():
+            (folder / name).write_text(text, encoding="utf-8")
+    for name, text in rendered.items():
+        golden = (folder / name).read_text(encoding="utf-8")
+        if name.endswith(".tex"):
+            assert _latex_tokens(text) == _latex_tokens(golden), f"{scenario}/{name}"
+        else:
+            assert text == golden, f"{scenario}/{name} differs from the golden file"
