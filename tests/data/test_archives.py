@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
+import random
+import shutil
 import stat
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -13,6 +17,8 @@ import pytest
 
 from hdmnet.data import archives
 from hdmnet.data.archives import UnsafeArchiveError, is_extracted, marker_path, safe_extract
+from hdmnet.data.errors import DataError
+from hdmnet.data.synth.pack import TarWriter, ZipWriter
 
 FILES = {
     "VOCdevkit/VOC2012/JPEGImages/2007_000032.jpg": b"jpeg bytes " * 50,
@@ -216,3 +222,154 @@ def test_not_an_archive_and_missing_archive(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.tar"):
         safe_extract(tmp_path / "nope.tar", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- damaged archives: one clear error, nothing written ----------------------------------------
+
+# Random bytes do not compress, so a cut in the compressed file is a cut inside this member.
+BIG = {"VOCdevkit/VOC2012/JPEGImages/big.jpg": random.Random(1).randbytes(300_000)}
+BIG_FILES = {**FILES, **BIG}
+
+
+def make_big_tar(path: Path) -> Path:
+    """Like ``make_tar`` with one large member last; bz2 at level 1 (100 kB blocks) so that a
+    cut file still decodes up to the cut instead of failing as a whole."""
+    if path.suffix == ".bz2":
+        with tarfile.open(path, "w:bz2", compresslevel=1) as tar:
+            for name, data in BIG_FILES.items():
+                tar.addfile(_file_info(name, data), io.BytesIO(data))
+        return path
+    return make_tar(path, BIG_FILES)
+
+
+def assert_damaged(error: pytest.ExceptionInfo[DataError], archive: Path, *words: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(archive) in message and "download again" in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("name", ["voc.tar", "voc.tgz", "voc.tar.bz2", "voc.tar.xz"])
+def test_tar_cut_inside_a_member_is_a_one_line_error(tmp_path: Path, name: str) -> None:
+    whole = make_big_tar(tmp_path / f"whole-{name}").read_bytes()
+    archive = tmp_path / name
+    archive.write_bytes(whole[: len(whole) * 2 // 3])
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(DataError) as error:
+        safe_extract(archive, tmp_path / "raw" / "pascal")
+    assert_damaged(error, archive, "big.jpg", "truncated")
+    assert not (tmp_path / "raw" / "pascal").exists()
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_tar_cut_in_the_last_members_data_is_caught_while_reading(tmp_path: Path) -> None:
+    # Plain tar: the header scan can stop early, the error comes from reading the member.
+    whole = make_big_tar(tmp_path / "whole.tar").read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        last = tar.getmembers()[-1]
+    archive = tmp_path / "voc.tar"
+    archive.write_bytes(whole[: last.offset_data + last.size - 10])
+    with pytest.raises(DataError) as error:
+        safe_extract(archive, tmp_path / "pascal")
+    assert_damaged(error, archive, "big.jpg")
+    assert not (tmp_path / "pascal").exists()
+
+
+def test_cut_zip_is_a_one_line_error(tmp_path: Path) -> None:
+    whole = make_zip(tmp_path / "whole.zip", {"train2014/a.jpg": b"a" * 5000}).read_bytes()
+    archive = tmp_path / "train2014.zip"
+    archive.write_bytes(whole[: len(whole) - 30])
+    with pytest.raises(DataError) as error:
+        safe_extract(archive, tmp_path / "coco")
+    assert_damaged(error, archive, "truncated")
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_corrupt_zip_member_names_archive_and_member(tmp_path: Path, method: int) -> None:
+    archive = tmp_path / "val2014.zip"
+    data = random.Random(2).randbytes(4000)
+    with zipfile.ZipFile(archive, "w", method) as zf:
+        zf.writestr("val2014/a.jpg", b"first")
+        zf.writestr("val2014/b.jpg", data)
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("val2014/b.jpg")
+    raw = bytearray(archive.read_bytes())
+    # Inside b.jpg's data: past its local header (30 bytes + name), before its end.
+    start = info.header_offset + 30 + len(info.filename) + 100
+    raw[start : start + 50] = bytes(50)
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as error:
+        safe_extract(archive, tmp_path / "coco")
+    assert_damaged(error, archive, "val2014/b.jpg")
+    assert not (tmp_path / "coco").exists()
+
+
+def _cut_at_member_boundary(tar_bytes: bytes, source: Path) -> bytes:
+    """The archive's bytes up to the header of its last member: a shorter, valid-looking tar."""
+    with tarfile.open(source) as tar:
+        last = tar.getmembers()[-1]
+    return tar_bytes[: last.offset]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_tar_cut_at_a_member_boundary_is_detected(tmp_path: Path, gz: bool) -> None:
+    whole = make_tar(tmp_path / "whole.tar", BIG_FILES)
+    cut = _cut_at_member_boundary(whole.read_bytes(), whole)
+    archive = tmp_path / ("benchmark.tgz" if gz else "voc.tar")
+    archive.write_bytes(gzip.compress(cut) if gz else cut)
+    with tarfile.open(archive) as tar:  # what the standard library makes of it
+        assert len(tar.getmembers()) == len(BIG_FILES)  # folder + 3 files, "big.jpg" missing
+    with pytest.raises(DataError) as error:
+        safe_extract(archive, tmp_path / "pascal")
+    assert_damaged(error, archive, "end-of-archive", "2007_000032.png")
+    assert not (tmp_path / "pascal").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_end_marker_is_only_a_warning_for_a_checksummed_archive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A size or checksum verified against the published value already rules out a cut.
+    whole = make_tar(tmp_path / "whole.tar", FILES)
+    with tarfile.open(whole) as tar:
+        last = tar.getmembers()[-1]
+    archive = tmp_path / "voc.tar"
+    # Every member complete (the last one's data fits one block), no end-of-archive blocks.
+    archive.write_bytes(whole.read_bytes()[: last.offset_data + 512])
+    safe_extract(archive, tmp_path / "pascal", verified=True)
+    for name, data in FILES.items():
+        assert (tmp_path / "pascal" / name).read_bytes() == data
+    assert "end-of-archive" in caplog.text
+
+
+def test_archives_in_the_real_ones_formats_extract(tmp_path: Path) -> None:
+    """VOC's .tar and SBD's .tgz are GNU tar archives: made here by GNU tar itself."""
+    if shutil.which("tar") is None:
+        pytest.skip("no tar program")
+    source = tmp_path / "src"
+    for name, data in BIG_FILES.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    for archive, flags in [(tmp_path / "voc.tar", "-cf"), (tmp_path / "benchmark.tgz", "-czf")]:
+        subprocess.run(["tar", flags, str(archive), "-C", str(source), "VOCdevkit"], check=True)
+        target = tmp_path / f"out-{archive.name}"
+        safe_extract(archive, target)
+        for name, data in BIG_FILES.items():
+            assert (target / name).read_bytes() == data
+
+
+def test_generated_archives_extract(tmp_path: Path) -> None:
+    """The embedded data set's writers (plain tar, tar.gz, zip) end their archives properly."""
+    for archive in (tmp_path / "voc.tar", tmp_path / "benchmark.tgz"):
+        with TarWriter(archive, 1_300_000_000, gz=archive.suffix == ".tgz") as tar:
+            for name, data in BIG_FILES.items():
+                tar.add_file(name, data)
+        safe_extract(archive, tmp_path / f"out-{archive.name}")
+    with ZipWriter(tmp_path / "train2014.zip", (2014, 1, 1, 0, 0, 0)) as zipped:
+        for name, data in BIG_FILES.items():
+            zipped.add_file(name, data, compress=True)
+    safe_extract(tmp_path / "train2014.zip", tmp_path / "out-zip")
+    for folder in ("out-voc.tar", "out-benchmark.tgz", "out-zip"):
+        for name, data in BIG_FILES.items():
+            assert (tmp_path / folder / name).read_bytes() == data

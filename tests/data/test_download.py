@@ -31,6 +31,7 @@ from hdmnet.data.download import (
     verified_marker,
     verify,
 )
+from hdmnet.data.errors import DataError
 
 DATA = random.Random(0).randbytes(300_000)
 FAST = {"retries": 3, "backoff": 0.01, "timeout": 5}
@@ -446,3 +447,23 @@ def test_download_all_fetches_and_extracts_every_archive(server: Server, tmp_pat
     assert len(server.requests) == before
     with pytest.raises(ValueError, match=r"typo\.tgz"):
         download_all(specs, archive_dir, raw, local_files={"typo.tgz": mine})
+
+
+def test_download_all_trusts_a_checksummed_tar_without_end_marker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checksum proves the bytes are the published ones; without one the tar is refused."""
+    files = {"VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt": b"2007_000033\n"}
+    whole = _tar_bytes(files, "w")
+    unended = whole[:1024]  # header and one data block: the member is complete, no end blocks
+    source = tmp_path / "VOCtrainval_11-May-2012.tar"
+    source.write_bytes(unended)
+    checked = spec_for(source.name, str(source), unended, extract_to="pascal")
+    download_all([checked], tmp_path / "archives", tmp_path / "raw")
+    member = tmp_path / "raw" / "pascal" / next(iter(files))
+    assert member.read_bytes() == next(iter(files.values()))
+    assert "end-of-archive" in caplog.text
+    unchecked = ArchiveSpec(source.name, str(source), extract_to="pascal")
+    with pytest.raises(DataError, match="end-of-archive"):
+        download_all([unchecked], tmp_path / "archives2", tmp_path / "raw2")
+    assert not (tmp_path / "raw2" / "pascal").exists()

@@ -4,6 +4,15 @@ Every member is checked before anything is written: no absolute paths, no ``..``
 links, devices or fifos. Members are extracted into a temporary folder beside the target and then
 moved into place, so a failure leaves nothing half-written inside the target. A marker file in the
 target records which archive (size and mtime) was extracted, so a re-run skips it.
+
+A damaged archive is a ``DataError`` naming the archive and the member, never a traceback from
+the decoders. A tar cut exactly between two members is the subtle case: Python's tarfile reads it
+as a shorter, valid archive. So after the last member a tar must hold the end-of-archive marker
+(a zero block; POSIX writers add two, GNU tar then pads to 10240 bytes). Only the first block is
+required: a cut inside the marker loses no member, and tarfile itself stops at one zero block.
+An archive whose size or checksum was verified against the published value cannot be cut, so for
+it a missing marker is only logged: the official VOC tar is 512-byte aligned but not padded to
+GNU tar's records, and no copy is at hand here to prove that it ends with zero blocks.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import contextlib
 import errno
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -20,11 +30,13 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn, TypeVar
 
+from hdmnet.data.errors import DataError
 from hdmnet.fileio import CHUNK, atomic_path, write_json
 from hdmnet.progress import progress
 
@@ -32,6 +44,12 @@ log = logging.getLogger(__name__)
 
 MARKER_PREFIX = ".extracted-"
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_T = TypeVar("_T")
+_REDO = "delete it and run hdmnet download again"
+# What a damaged archive raises while it is read: tarfile's and zipfile's own errors, a compressed
+# stream that ends early (EOFError) or does not decode (zlib, lzma; bz2 and gzip raise OSError
+# without an errno). Only reads of the archive are wrapped: a failing write keeps its own error.
+_DAMAGED = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 class UnsafeArchiveError(ValueError):
@@ -48,6 +66,7 @@ class UnsafeArchiveError(ValueError):
 class _Member:
     """A checked member: its relative path parts and how to write it."""
 
+    name: str
     parts: tuple[str, ...]
     is_dir: bool
     mode: int
@@ -55,8 +74,8 @@ class _Member:
     source: tarfile.TarInfo | zipfile.ZipInfo
 
 
-# Opens one checked member's data for reading.
-_Reader = Callable[[_Member], IO[bytes]]
+# Yields one checked member's data in chunks; a damaged archive raises DataError.
+_Reader = Callable[[_Member], Iterator[bytes]]
 
 
 def marker_path(archive: Path, target: Path) -> Path:
@@ -77,12 +96,15 @@ def is_extracted(archive: Path, target: Path) -> bool:
     )
 
 
-def safe_extract(archive: Path, target: Path) -> None:
+def safe_extract(archive: Path, target: Path, *, verified: bool = False) -> None:
     """Extract a tar/tgz/tar.bz2/tar.xz or zip ``archive`` into ``target``, refusing unsafe members.
 
     Raises ``UnsafeArchiveError`` (naming archive and member) before writing anything if any
-    member is unsafe. Existing content of ``target`` is kept; archive files replace same-named
-    files. Skips the work when ``target`` already holds a marker matching the archive.
+    member is unsafe, and ``DataError`` if the archive is truncated or corrupt; either way
+    ``target`` is left as it was. Existing content of ``target`` is kept; archive files replace
+    same-named files. Skips the work when ``target`` already holds a marker matching the
+    archive. ``verified`` says the archive's size or checksum matched the published value, so a
+    tar without an end-of-archive marker is extracted with a warning instead of refused.
     """
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
@@ -91,16 +113,19 @@ def safe_extract(archive: Path, target: Path) -> None:
         log.info("%s already extracted into %s; skipping", archive.name, target)
         return
     stat_before = archive.stat()
-    with _open_members(archive) as (members, read):
-        # Parent first: the temporary folder must be on the target's filesystem for cheap renames.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
-        try:
+    tmp: Path | None = None
+    try:
+        with _open_members(archive, verified) as (members, read):
+            # Parent first: the temporary folder must be on the target's filesystem (renames).
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
             for member in progress(members, desc=f"extract {archive.name}"):
                 _write_member(tmp, member, read)
-            target.mkdir(exist_ok=True)
-            _merge_into(tmp, target)
-        finally:
+        # Leaving the block checked the tar's end: only a complete archive reaches the target.
+        target.mkdir(exist_ok=True)
+        _merge_into(tmp, target)
+    finally:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     write_json(
         marker_path(archive, target),
@@ -115,25 +140,88 @@ def safe_extract(archive: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _open_members(archive: Path) -> Iterator[tuple[list[_Member], _Reader]]:
-    """Open ``archive``, check every member, yield the checked list and a member reader."""
+def _open_members(archive: Path, verified: bool) -> Iterator[tuple[list[_Member], _Reader]]:
+    """Open ``archive``, check every member, yield the checked list and a member reader; once
+    the block is done, check that a tar ended with its end-of-archive marker."""
     if tarfile.is_tarfile(archive):
-        with tarfile.open(archive, "r:*") as tar:
-            members = [m for m in (_check_tar(archive, info) for info in tar.getmembers()) if m]
+        with _opened(archive, lambda: tarfile.open(archive, "r:*")) as tar:
+            infos = _scan_tar(archive, tar)
+            members = [m for m in (_check_tar(archive, info) for info in infos) if m]
 
-            def read_tar(member: _Member) -> IO[bytes]:
-                handle = tar.extractfile(member.source)  # type: ignore[arg-type]
-                if handle is None:  # only for non-files, which _check_tar refuses
-                    raise ValueError(f"{archive}: member {member.source} has no data")
-                return handle
+            def read_tar(member: _Member) -> Iterator[bytes]:
+                return _chunks(archive, member, lambda: tar.extractfile(member.source))
 
             yield members, read_tar
+            _check_tar_end(archive, tar, verified)
     elif zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
+        with _opened(archive, lambda: zipfile.ZipFile(archive)) as zf:
             members = [m for m in (_check_zip(archive, info) for info in zf.infolist()) if m]
-            yield members, lambda member: zf.open(member.source)
+            yield members, lambda member: _chunks(archive, member, lambda: zf.open(member.source))
     else:
-        raise ValueError(f"{archive}: not a tar or zip archive (cannot extract)")
+        raise DataError(f"{archive}: not a tar or zip archive, or a truncated one; {_REDO}")
+
+
+def _raise_damaged(archive: Path, where: str, error: BaseException) -> NoReturn:
+    """Raise the one-line error for a damaged archive; a real I/O error (it has an errno, e.g.
+    EIO or EACCES) is re-raised as it is, since downloading again would not help."""
+    if isinstance(error, OSError) and error.errno is not None:
+        raise error
+    raise DataError(
+        f"{archive}: truncated or corrupt archive {where} ({error}); {_REDO}"
+    ) from error
+
+
+def _opened(archive: Path, open_: Callable[[], _T]) -> _T:
+    try:
+        return open_()
+    except _DAMAGED as exc:
+        _raise_damaged(archive, "at its start", exc)
+
+
+def _scan_tar(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Every header; reaching the next one means reading past the data of the previous one."""
+    try:
+        return tar.getmembers()
+    except _DAMAGED as exc:
+        where = f"in or after member {tar.members[-1].name!r}" if tar.members else "at its start"
+        _raise_damaged(archive, where, exc)
+
+
+def _chunks(
+    archive: Path, member: _Member, open_: Callable[[], IO[bytes] | None]
+) -> Iterator[bytes]:
+    """The data of one member in chunks. Only the reads are guarded: a write error in the
+    caller's loop is never thrown in here, it just closes this generator."""
+    try:
+        handle = open_()
+        if handle is None:  # only for non-files, which the checks refuse
+            raise DataError(f"{archive}: member {member.name!r} has no data")
+        with handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+    except _DAMAGED as exc:
+        _raise_damaged(archive, f"in member {member.name!r}", exc)
+
+
+def _check_tar_end(archive: Path, tar: tarfile.TarFile, verified: bool) -> None:
+    """Require a zero block where the header after the last member would be (module docstring).
+
+    Called after every member was read, so the stream only moves forward: seeking back in a
+    compressed tar would decompress it again from the start.
+    """
+    try:
+        tar.fileobj.seek(tar.offset)
+        block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    except _DAMAGED as exc:
+        _raise_damaged(archive, "at its end", exc)
+    if block == tarfile.NUL * tarfile.BLOCKSIZE:
+        return
+    last = repr(tar.members[-1].name) if tar.members else "(none)"
+    problem = f"no end-of-archive marker after its last member {last}"
+    if verified:
+        log.warning("%s: %s; its size or checksum matched, so none is missing", archive, problem)
+        return
+    raise DataError(f"{archive}: {problem} (cut short between two members?); {_REDO}")
 
 
 def _safe_parts(archive: Path, name: str) -> tuple[str, ...]:
@@ -157,7 +245,7 @@ def _check_tar(archive: Path, info: tarfile.TarInfo) -> _Member | None:
         raise UnsafeArchiveError(archive, info.name, "device, fifo or other special file")
     if not parts:  # the archive's root folder ("./")
         return None
-    return _Member(parts, info.isdir(), info.mode & 0o777, float(info.mtime), info)
+    return _Member(info.name, parts, info.isdir(), info.mode & 0o777, float(info.mtime), info)
 
 
 def _check_zip(archive: Path, info: zipfile.ZipInfo) -> _Member | None:
@@ -173,7 +261,7 @@ def _check_zip(archive: Path, info: zipfile.ZipInfo) -> _Member | None:
     # Zips made on Windows carry no Unix mode; plain files get the usual 0o644.
     mode = unix_mode & 0o777 or 0o644
     mtime = time.mktime((*info.date_time, 0, 0, -1))
-    return _Member(parts, info.is_dir(), mode, mtime, info)
+    return _Member(info.filename, parts, info.is_dir(), mode, mtime, info)
 
 
 def _write_member(root: Path, member: _Member, read: _Reader) -> None:
@@ -182,8 +270,9 @@ def _write_member(root: Path, member: _Member, read: _Reader) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with read(member) as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, CHUNK)
+    with open(dest, "wb") as out:
+        for chunk in read(member):
+            out.write(chunk)
     # Permission bits only (no setuid/setgid/sticky); owner keeps read/write so re-runs can replace.
     os.chmod(dest, member.mode | 0o600)
     if member.mtime is not None:

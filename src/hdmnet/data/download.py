@@ -300,7 +300,9 @@ def download_all(
     for spec in specs:
         path = fetch(spec, archive_dir, local_file=local_files.get(spec.name), **fetch_options)
         if spec.extract_to is not None:
-            safe_extract(path, Path(raw_dir) / spec.extract_to)
+            # A size or checksum that matched the published one rules out a truncated archive.
+            verified = spec.size is not None or bool(spec.digests)
+            safe_extract(path, Path(raw_dir) / spec.extract_to, verified=verified)
         paths.append(path)
     return paths
 
