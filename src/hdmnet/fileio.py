@@ -1,12 +1,16 @@
-"""File helpers shared by every stage: atomic writes and checksums.
+"""File helpers shared by every stage: atomic writes, checksums and full-disk errors.
 
 Every output is written to a temporary file in the destination folder and renamed into place,
-so a killed stage never leaves a half-written file at a final path.
+so a killed stage never leaves a half-written file at a final path. A write that fails because
+the disk or the user's quota is full raises ``NoSpaceError`` naming the file: a bare
+"[Errno 28] No space left on device" from deep inside a stage does not say which of the data
+and results folders filled up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,24 +20,63 @@ from pathlib import Path
 from typing import IO, Any
 
 CHUNK = 1 << 20
+NO_SPACE = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "no space left (disk quota exceeded)",
+}
+
+
+class NoSpaceError(OSError):
+    """The disk or the quota is full while writing ``path``; ``errno`` stays ENOSPC/EDQUOT."""
+
+    def __init__(self, path: str | os.PathLike[str], code: int = errno.ENOSPC) -> None:
+        reason = NO_SPACE.get(code, "no space left")
+        super().__init__(
+            f"{path}: {reason} (free space or point paths.data/paths.results elsewhere)"
+        )
+        # Set after init: with strerror and filename unset, str() stays the message above.
+        self.errno = code
+        self.path = Path(path)
+
+    def __reduce__(self) -> tuple[type[NoSpaceError], tuple[Path, int]]:
+        # Errors from pool workers come back pickled; rebuild from the path, not the message.
+        return type(self), (self.path, self.errno)
+
+
+@contextlib.contextmanager
+def reporting_full_disk(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full-disk ``OSError`` raised in the block into ``NoSpaceError`` naming ``path``."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise NoSpaceError(path, exc.errno) from exc
+        raise
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    A full disk while the block writes (or while the temporary file is made) raises
+    ``NoSpaceError`` naming ``path``; the temporary file is removed either way.
+    """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp creates 0600 files; give the result the usual permissions (0666 - umask).
-        if tmp.exists():
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with reporting_full_disk(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            # mkstemp creates 0600 files; give the result the usual permissions (0666 - umask).
+            if tmp.exists():
+                os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

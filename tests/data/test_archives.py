@@ -14,11 +14,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tests.test_fileio import fill_disk
 
 from hdmnet.data import archives
 from hdmnet.data.archives import UnsafeArchiveError, is_extracted, marker_path, safe_extract
 from hdmnet.data.errors import DataError
 from hdmnet.data.synth.pack import TarWriter, ZipWriter
+from hdmnet.fileio import NoSpaceError
 
 FILES = {
     "VOCdevkit/VOC2012/JPEGImages/2007_000032.jpg": b"jpeg bytes " * 50,
@@ -373,3 +375,17 @@ def test_generated_archives_extract(tmp_path: Path) -> None:
     for folder in ("out-voc.tar", "out-benchmark.tgz", "out-zip"):
         for name, data in BIG_FILES.items():
             assert (tmp_path / folder / name).read_bytes() == data
+
+
+def test_full_disk_during_extraction_names_the_target_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = make_tar(tmp_path / "voc.tar", FILES)
+    target = tmp_path / "raw" / "pascal"
+    target.mkdir(parents=True)
+    fill_disk(monkeypatch, archives)
+    with pytest.raises(NoSpaceError) as error:
+        safe_extract(archive, target)
+    assert str(error.value).startswith(f"{target}: no space left on device")
+    assert list(target.iterdir()) == []
+    assert leftovers(target.parent) == []

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.test_fileio import fill_disk
 
 from hdmnet.data import download
 from hdmnet.data.download import (
@@ -32,6 +33,7 @@ from hdmnet.data.download import (
     verify,
 )
 from hdmnet.data.errors import DataError
+from hdmnet.fileio import NoSpaceError
 
 DATA = random.Random(0).randbytes(300_000)
 FAST = {"retries": 3, "backoff": 0.01, "timeout": 5}
@@ -467,3 +469,35 @@ def test_download_all_trusts_a_checksummed_tar_without_end_marker(
     with pytest.raises(DataError, match="end-of-archive"):
         download_all([unchecked], tmp_path / "archives2", tmp_path / "raw2")
     assert not (tmp_path / "raw2" / "pascal").exists()
+
+
+def test_full_disk_during_a_copy_names_the_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mirror" / "a.tar"
+    mine.parent.mkdir()
+    mine.write_bytes(DATA)
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(download.os, "link", no_link)
+    fill_disk(monkeypatch, download)
+    archive_dir = tmp_path / "archives"
+    with pytest.raises(NoSpaceError) as error:
+        fetch(spec_for("a.tar", str(mine)), archive_dir, **FAST)
+    assert str(error.value).startswith(f"{archive_dir / 'a.tar.part'}: no space left on device")
+    assert list(archive_dir.iterdir()) == []
+
+
+def test_full_disk_during_a_download_is_not_retried_and_keeps_the_part(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.add("a.tar", DATA)
+    fill_disk(monkeypatch, download)
+    archive_dir = tmp_path / "archives"
+    with pytest.raises(NoSpaceError, match=r"a\.tar\.part: no space left on device"):
+        fetch(spec_for("a.tar", url), archive_dir, **FAST)
+    assert server.count("a.tar") == 1
+    # What arrived is kept: once space is freed, the next run resumes from it.
+    assert [p.name for p in archive_dir.iterdir()] == ["a.tar.part"]

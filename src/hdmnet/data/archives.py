@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, NoReturn, TypeVar
 
 from hdmnet.data.errors import DataError
-from hdmnet.fileio import CHUNK, atomic_path, write_json
+from hdmnet.fileio import CHUNK, atomic_path, reporting_full_disk, write_json
 from hdmnet.progress import progress
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,16 @@ def safe_extract(archive: Path, target: Path, *, verified: bool = False) -> None
     stat_before = archive.stat()
     tmp: Path | None = None
     try:
-        with _open_members(archive, verified) as (members, read):
+        with reporting_full_disk(target), _open_members(archive, verified) as (members, read):
             # Parent first: the temporary folder must be on the target's filesystem (renames).
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
             for member in progress(members, desc=f"extract {archive.name}"):
                 _write_member(tmp, member, read)
         # Leaving the block checked the tar's end: only a complete archive reaches the target.
-        target.mkdir(exist_ok=True)
-        _merge_into(tmp, target)
+        with reporting_full_disk(target):
+            target.mkdir(exist_ok=True)
+            _merge_into(tmp, target)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet.data.archives import safe_extract
-from hdmnet.fileio import CHUNK, file_digest, write_json
+from hdmnet.fileio import CHUNK, file_digest, reporting_full_disk, write_json
 from hdmnet.progress import ByteProgress
 
 log = logging.getLogger(__name__)
@@ -258,10 +258,12 @@ def fetch(
     archive_dir.mkdir(parents=True, exist_ok=True)
     part = archive_dir / f"{spec.name}.part"
     try:
-        if source is not None:
-            _take_local(source, part, spec)
-        else:
-            _http_download(spec, part, retries=retries, backoff=backoff, timeout=timeout)
+        # A full disk is not retried; an HTTP part stays, so a rerun after freeing space resumes.
+        with reporting_full_disk(part):
+            if source is not None:
+                _take_local(source, part, spec)
+            else:
+                _http_download(spec, part, retries=retries, backoff=backoff, timeout=timeout)
         verify(part, spec)
     except ChecksumError:
         part.unlink(missing_ok=True)
