@@ -17,36 +17,25 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.report.fixtures_records import default_params, metrics_record, paper_params, write_grid
+from tests.report.fixtures_records import metrics_record, write_grid
 
 from hdmnet import layout
+from hdmnet.config import load_params
 from hdmnet.layout import Run
 from hdmnet.records import write_record
 from hdmnet.report.build import aggregate
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("HDMNET_UPDATE_GOLDEN") == "1"
-# The grid is spelled out so that an edit of params.yaml's grid does not change the goldens.
-EMBEDDED_GRID = (
-    "grid.datasets=[pascal]",
-    "grid.backbones=[small]",
-    "grid.folds=[0, 1, 2, 3]",
-    "grid.shots=[1, 5]",
-    "ablation.datasets=[pascal]",
-    "ablation.backbones=[small]",
-    "ablation.folds=[0]",
-    "ablation.shots=[1]",
-    "ablation.variants=[no_distill, dot_attention, stages_1, stages_2, no_ensemble, "
-    "no_exclusion, fixed_quirks]",
-)
+# scenario -> (parameter file in golden/, overrides, a run whose checkpoint selection is "last").
+# The parameter files spell out the grid, so edits of params.yaml leave the goldens alone.
 SCENARIOS = {
     # Embedded data: no paper comparison; ablation deltas on fold 0, other folds missing.
-    "embedded": (default_params, EMBEDDED_GRID, None),
+    "embedded": ("embedded.yaml", (), None),
     # Folds 1 and 3 not run, the full model missing on ablation fold 1, one run selected "last".
     "partial": (
-        default_params,
+        "embedded.yaml",
         (
-            *EMBEDDED_GRID,
             "grid.folds=[0, 2]",
             "grid.shots=[1]",
             "ablation.folds=[0, 1]",
@@ -55,10 +44,10 @@ SCENARIOS = {
         Run("pascal", "small", "full", 2, 1),
     ),
     # Real data: paper and difference rows, published variant means (one missing).
-    "paper": (paper_params, ("grid.folds=[0, 1, 2, 3]", "ablation.folds=[0, 1, 2, 3]"), None),
+    "paper": ("official.yaml", (), None),
     # Two groups, partial folds (means not compared) and a COCO split unlike the paper's.
     "paper-partial": (
-        paper_params,
+        "official.yaml",
         (
             "grid.datasets=[pascal, coco]",
             "grid.folds=[0, 1]",
@@ -78,9 +67,9 @@ def _latex_tokens(text: str) -> str:
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_tables_match_the_golden_files(project_root, tmp_path, scenario):
-    make_params, overrides, last_selected = SCENARIOS[scenario]
-    params = make_params(project_root, tmp_path, *overrides)
+def test_tables_match_the_golden_files(tmp_path, scenario):
+    file, overrides, last_selected = SCENARIOS[scenario]
+    params = load_params(GOLDEN / file, [f"paths.results={tmp_path / 'results'}", *overrides])
     write_grid(params, training=False)
     if last_selected is not None:
         path = layout.metrics_file(params, last_selected)
