@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,8 +107,14 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in chunks (works for multi-GB archives)."""
-    digest = hashlib.new(algorithm)
+    return file_digests(path, (algorithm,))[algorithm]
+
+
+def file_digests(path: str | os.PathLike[str], algorithms: Iterable[str]) -> dict[str, str]:
+    """Hex digests of a file for several algorithms in one read (``{"md5": .., ...}``)."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in digests.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hdmnet import cli, layout
+from hdmnet import cli, fileio, layout
 from hdmnet.config import load_params
-from hdmnet.data import stages
+from hdmnet.data import download, stages
 from hdmnet.data.folds import fold_classes
 
 
@@ -120,3 +121,26 @@ def test_cli_download_reports_a_corrupted_archive(embedded_data, tmp_path, capsy
     err = capsys.readouterr().err
     assert "train_noval.txt" in err and "expected" in err
     assert not (tmp_path / "data" / "archives" / "train_noval.txt").exists()
+
+
+def test_rerun_of_download_reads_no_archive(embedded_data, monkeypatch):
+    """The verification markers hold each archive's sha256: a rerun (about 20 GB for COCO)
+    hashes nothing, and the stage's record still holds the true digests."""
+    marker = layout.raw_dir(embedded_data) / "coco.downloaded.json"
+    before = json.loads(marker.read_text())
+    hashed = []
+
+    def spy(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(fileio, "file_digests", spy, raising=False)
+    for module in (fileio, download, stages):
+        monkeypatch.setattr(module, "file_digest", spy, raising=False)
+    stages.download(embedded_data, "coco")
+    assert hashed == []
+    after = json.loads(marker.read_text())
+    assert after == before
+    for name, entry in after["archives"].items():
+        data = (layout.archive_dir(embedded_data) / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

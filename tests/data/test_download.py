@@ -25,6 +25,7 @@ from hdmnet.data.download import (
     ArchiveSpec,
     ChecksumError,
     DownloadError,
+    archive_digest,
     download_all,
     fetch,
     is_verified,
@@ -259,8 +260,8 @@ def test_rerun_skips_without_request_and_refetches_a_damaged_file(
     path = fetch(spec, tmp_path, **FAST)
     assert is_verified(path, spec)
     hashed = []
-    real_digest = download.file_digest
-    monkeypatch.setattr(download, "file_digest", lambda *a: hashed.append(a) or real_digest(*a))
+    real_digests = download.file_digests
+    monkeypatch.setattr(download, "file_digests", lambda *a: hashed.append(a) or real_digests(*a))
     assert fetch(spec, tmp_path, **FAST) == path
     assert server.count("a.tar") == 1
     assert hashed == []  # the marker matched: no multi-GB re-hash
@@ -501,3 +502,35 @@ def test_full_disk_during_a_download_is_not_retried_and_keeps_the_part(
     assert server.count("a.tar") == 1
     # What arrived is kept: once space is freed, the next run resumes from it.
     assert [p.name for p in archive_dir.iterdir()] == ["a.tar.part"]
+
+
+def test_marker_holds_the_sha256_in_one_read_and_archive_digest_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine" / "a.tar"
+    mine.parent.mkdir()
+    mine.write_bytes(DATA)
+    # MD5 only, as in the official table: the sha256 the data stage records comes along.
+    spec = ArchiveSpec("a.tar", str(mine), md5=hashlib.md5(DATA).hexdigest())
+    reads: list[tuple[str, ...]] = []
+    real = download.file_digests
+    monkeypatch.setattr(download, "file_digests", lambda p, k: reads.append(tuple(k)) or real(p, k))
+    path = fetch(spec, tmp_path / "archives")
+    assert [sorted(kinds) for kinds in reads] == [["md5", "sha256"]]
+    sha256 = hashlib.sha256(DATA).hexdigest()
+    assert json.loads(verified_marker(path.parent, spec).read_text())["sha256"] == sha256
+    assert archive_digest(path, spec) == sha256
+    assert len(reads) == 1  # from the marker
+    # Touched: the marker no longer vouches for the file; it is read, and not marked verified.
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    assert archive_digest(path, spec) == sha256
+    assert len(reads) == 2 and not is_verified(path, spec)
+    fetch(spec, tmp_path / "archives")  # verifies again, in one read
+    assert archive_digest(path, spec) == sha256
+    assert len(reads) == 3 and is_verified(path, spec)
+    # A marker written before the SHA-256 was recorded gets it on first use, then serves it.
+    marker = verified_marker(path.parent, spec)
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"sha256": None}))
+    assert archive_digest(path, spec) == sha256
+    assert archive_digest(path, spec) == sha256
+    assert len(reads) == 4 and is_verified(path, spec)

@@ -4,7 +4,8 @@ An archive comes from an http(s) URL, a ``file://`` URL, a plain local path, or 
 already has. Downloads stream into ``<name>.part`` (kept between runs so an interrupted download
 resumes with an HTTP Range request), are retried with exponential backoff, verified (size, MD5,
 SHA-256) and only then renamed into place. A ``<name>.verified`` marker records the verified
-size, mtime and digests so a re-run skips the archive without hashing it again.
+size, mtime and digests (always the SHA-256, computed in the same read as the spec's checksums),
+so a re-run skips the archive without hashing it again and ``archive_digest`` answers from it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet.data.archives import safe_extract
-from hdmnet.fileio import CHUNK, file_digest, reporting_full_disk, write_json
+from hdmnet.fileio import CHUNK, file_digests, reporting_full_disk, write_json
 from hdmnet.progress import ByteProgress
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ _HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{6
 _CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 # Client errors worth another try: timeout, too early, rate-limited. Other 4xx are permanent.
 _RETRY_STATUS = {408, 425, 429}
+# Always recorded in the verification marker: the data stage's record names archives by it.
+RECORDED = "sha256"
 
 
 class ChecksumError(ValueError):
@@ -182,17 +185,22 @@ def specs_from_manifest(
     return specs
 
 
-def verify(path: Path, spec: ArchiveSpec) -> None:
-    """Check ``path`` against the spec's size and digests; raise ``ChecksumError`` on mismatch."""
+def verify(path: Path, spec: ArchiveSpec) -> dict[str, str]:
+    """Check ``path`` against the spec's size and digests; raise ``ChecksumError`` on mismatch.
+
+    Returns the digests computed in that one read: the spec's and always the SHA-256.
+    """
     path = Path(path)
     actual_size = path.stat().st_size
     if spec.size is not None and actual_size != spec.size:
         raise ChecksumError(path, "size", spec.size, actual_size)
+    kinds = sorted({*spec.digests, RECORDED})
+    log.info("checking %s of %s", "/".join(kinds), path.name)
+    actual = file_digests(path, kinds)
     for kind, expected in spec.digests.items():
-        log.info("checking %s of %s", kind, path.name)
-        actual = file_digest(path, kind)
-        if actual != expected:
-            raise ChecksumError(path, kind, expected, actual)
+        if actual[kind] != expected:
+            raise ChecksumError(path, kind, expected, actual[kind])
+    return actual
 
 
 def verified_marker(archive_dir: Path, spec: ArchiveSpec) -> Path:
@@ -200,20 +208,43 @@ def verified_marker(archive_dir: Path, spec: ArchiveSpec) -> Path:
     return Path(archive_dir) / f"{spec.name}.verified"
 
 
-def is_verified(path: Path, spec: ArchiveSpec) -> bool:
-    """True when the marker beside ``path`` matches its size/mtime and the spec's checksums."""
+def _marker_of(path: Path, spec: ArchiveSpec) -> dict[str, Any] | None:
+    """The marker beside ``path`` if it still describes the file (same size and mtime)."""
     marker = verified_marker(path.parent, spec)
     try:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
         current = path.stat()
     except (OSError, ValueError):
-        return False
+        return None
+    if not isinstance(recorded, dict):
+        return None
     if recorded.get("size") != current.st_size or recorded.get("mtime_ns") != current.st_mtime_ns:
+        return None
+    return recorded
+
+
+def is_verified(path: Path, spec: ArchiveSpec) -> bool:
+    """True when the marker beside ``path`` matches its size/mtime and the spec's checksums."""
+    recorded = _marker_of(path, spec)
+    if recorded is None:
         return False
-    if spec.size is not None and spec.size != current.st_size:
+    if spec.size is not None and spec.size != recorded["size"]:
         return False
     # A changed checksum in the config must trigger a fresh check, not trust the old marker.
     return all(recorded.get(kind) == value for kind, value in spec.digests.items())
+
+
+def archive_digest(path: Path, spec: ArchiveSpec) -> str:
+    """The SHA-256 of a fetched archive, from its verification marker while that still matches
+    the file's size and mtime; otherwise the file is read once and the digest recorded."""
+    path = Path(path)
+    recorded = _marker_of(path, spec)
+    if recorded is not None and isinstance(recorded.get(RECORDED), str):
+        return recorded[RECORDED]
+    digest = file_digests(path, [RECORDED])[RECORDED]
+    if recorded is not None:  # a marker from before the SHA-256 was always recorded
+        write_json(verified_marker(path.parent, spec), recorded | {RECORDED: digest})
+    return digest
 
 
 def fetch(
@@ -241,18 +272,17 @@ def fetch(
             return final
         if source is not None and source.exists() and os.path.samefile(source, final):
             # The user's own file is the source: check it, but never delete it.
-            verify(final, spec)
-            _write_marker(final, spec)
+            _write_marker(final, spec, verify(final, spec))
             return final
         try:
-            verify(final, spec)
+            digests = verify(final, spec)
         except ChecksumError as exc:
             # Not what the config expects (truncated, stale, corrupted): fetch it again.
             log.warning("%s; removing it and fetching again", exc)
             final.unlink()
             verified_marker(archive_dir, spec).unlink(missing_ok=True)
         else:
-            _write_marker(final, spec)
+            _write_marker(final, spec, digests)
             return final
 
     archive_dir.mkdir(parents=True, exist_ok=True)
@@ -264,7 +294,7 @@ def fetch(
                 _take_local(source, part, spec)
             else:
                 _http_download(spec, part, retries=retries, backoff=backoff, timeout=timeout)
-        verify(part, spec)
+        digests = verify(part, spec)
     except ChecksumError:
         part.unlink(missing_ok=True)
         raise
@@ -274,7 +304,7 @@ def fetch(
             part.unlink(missing_ok=True)
         raise
     os.replace(part, final)
-    _write_marker(final, spec)
+    _write_marker(final, spec, digests)
     log.info("fetched and verified %s", final)
     return final
 
@@ -309,10 +339,10 @@ def download_all(
     return paths
 
 
-def _write_marker(path: Path, spec: ArchiveSpec) -> None:
+def _write_marker(path: Path, spec: ArchiveSpec, digests: Mapping[str, str]) -> None:
     current = path.stat()
     record = {"name": spec.name, "size": current.st_size, "mtime_ns": current.st_mtime_ns}
-    write_json(verified_marker(path.parent, spec), record | spec.digests)
+    write_json(verified_marker(path.parent, spec), record | dict(digests))
 
 
 def _local_source(url: str) -> Path | None:

@@ -17,7 +17,13 @@ from typing import Any
 from hdmnet import layout
 from hdmnet.config import Params
 from hdmnet.data import coco, pascal
-from hdmnet.data.download import OFFICIAL_ARCHIVES, ArchiveSpec, download_all, specs_from_manifest
+from hdmnet.data.download import (
+    OFFICIAL_ARCHIVES,
+    ArchiveSpec,
+    archive_digest,
+    download_all,
+    specs_from_manifest,
+)
 from hdmnet.data.folds import num_classes
 from hdmnet.data.lists import (
     build_fold_lists,
@@ -25,7 +31,7 @@ from hdmnet.data.lists import (
     save_counts,
     write_fold_lists,
 )
-from hdmnet.fileio import file_digest, write_json
+from hdmnet.fileio import write_json
 
 log = logging.getLogger("hdmnet.data")
 
@@ -73,11 +79,12 @@ def download(params: Params, dataset: str) -> Path:
     }
     paths = download_all(specs, layout.archive_dir(params), layout.raw_dir(params), local)
     marker = layout.raw_dir(params) / f"{dataset}.downloaded.json"
-    record = {
-        "dataset": dataset,
-        "source": params.data.source,
-        "archives": {p.name: {"size": p.stat().st_size, "sha256": file_digest(p)} for p in paths},
+    # The digests come from the verification markers: a rerun reads no archive (20 GB for COCO).
+    archives = {
+        path.name: {"size": path.stat().st_size, "sha256": archive_digest(path, spec)}
+        for path, spec in zip(paths, specs, strict=True)
     }
+    record = {"dataset": dataset, "source": params.data.source, "archives": archives}
     write_json(marker, record)
     return marker
 
