@@ -121,11 +121,11 @@ def test_paper_preset_partial_folds_do_not_compare_the_mean(project_root, tmp_pa
     params = paper_params(project_root, tmp_path, "grid.folds=[0, 1]", "ablation.folds=[0]")
     write_grid(params, training=False)
     main = tables.main_table(params, load_metrics(params))
-    ours, theirs, diff = main.rows
-    assert ours.values["mean"] == pytest.approx(44.5)  # folds 0 and 1 only
-    assert diff.values["fold0"] == pytest.approx(42.0 - 43.8)
-    assert diff.values["fold2"] is None and diff.values["mean"] is None
-    assert theirs.values["mean"] == 50.0
+    ours, theirs, diff = tables.records(main)
+    assert ours["mean"] == pytest.approx(44.5)  # folds 0 and 1 only
+    assert diff["fold0"] == pytest.approx(42.0 - 43.8)
+    assert diff["fold2"] is None and diff["mean"] is None
+    assert theirs["mean"] == 50.0
     assert any("not compared" in note for note in main.notes)
 
 
@@ -170,10 +170,10 @@ def test_full_model_missing_on_an_ablation_fold_gives_no_delta(project_root, tmp
     )
     write_grid(params, training=False)
     table = tables.ablation_table(params, load_metrics(params))
-    row = next(r for r in table.rows if r.values["variant"] == "stages_1")
-    assert row.values["fold0"] == (pytest.approx(39.0), pytest.approx(-3.0))
-    assert row.values["fold1"] == (pytest.approx(44.0), None)
-    assert row.values["mean"][1] is None  # the full model's mean covers fewer folds
+    row = next(r for r in tables.records(table) if r["variant"] == "stages_1")
+    assert (row["fold0"], row["fold0_delta"]) == (pytest.approx(39.0), pytest.approx(-3.0))
+    assert (row["fold1"], row["fold1_delta"]) == (pytest.approx(44.0), None)
+    assert row["mean_delta"] is None  # the full model's mean covers fewer folds
     assert any("pascal-small-full-fold1-shot1" in note for note in table.notes)
 
 

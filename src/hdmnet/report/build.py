@@ -4,13 +4,14 @@ the self-contained HTML ablation report). Both read records only (see ``hdmnet.r
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hdmnet import layout
 from hdmnet.config import Params
-from hdmnet.fileio import write_json, write_text
+from hdmnet.fileio import write_text
 from hdmnet.layout import Run
 from hdmnet.progress import progress
 from hdmnet.report import figures, html, tables
@@ -42,21 +43,24 @@ def _tables(params: Params, metrics: dict[Run, Metrics]) -> list[tables.Table]:
     ]
 
 
-def aggregate(params: Params) -> list[Path]:
-    """Write main, ablation and paper tables (.md, .csv, .tex) and provenance.json to the
-    tables folder; return the paths written. Every metrics record of the grid must exist."""
-    metrics = load_metrics(params)
-    out = layout.tables_dir(params)
-    written: list[Path] = []
+def render_tables(params: Params, metrics: dict[Run, Metrics]) -> dict[str, str]:
+    """File name -> text of the main, ablation and paper tables (.md, .csv, .tex) and of
+    provenance.json (formatted as ``write_json`` writes it)."""
     built = _tables(params, metrics)
-    for table in built:
-        for ext, render in TABLE_FORMATS.items():
-            path = out / f"{table.name}.{ext}"
-            write_text(path, render(table))
-            written.append(path)
-    path = out / "provenance.json"
-    write_json(path, tables.provenance(params, metrics, built))
-    written.append(path)
+    texts = {f"{t.name}.{ext}": render(t) for t in built for ext, render in TABLE_FORMATS.items()}
+    document = tables.provenance(params, metrics, built)
+    texts["provenance.json"] = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return texts
+
+
+def aggregate(params: Params) -> list[Path]:
+    """Write the tables and provenance.json to the tables folder; return the paths written.
+    Every metrics record of the grid must exist."""
+    out = layout.tables_dir(params)
+    written = []
+    for name, text in render_tables(params, load_metrics(params)).items():
+        write_text(out / name, text)
+        written.append(out / name)
     return written
 
 

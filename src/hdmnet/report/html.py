@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hdmnet.report.tables import MISSING, Column, Table, format_cell
+from hdmnet.report.tables import MISSING, Cell, Table, cells
 
 JPEG_QUALITY = 85
 
@@ -92,18 +92,16 @@ def _delta_span(text: str) -> str:
     return f'<span class="{cls}">{esc(text)}</span>'
 
 
-def _cell_html(column: Column, value: object, signed: bool) -> str:
-    text = format_cell(column, value, signed)
-    if text == MISSING:
+def _cell_html(cell: Cell) -> str:
+    if cell.missing:
         body = f'<span class="missing">{MISSING}</span>'
-    elif column.kind == "delta" or (signed and column.kind == "num"):
-        body = _delta_span(text)
-    elif column.kind == "pair" and value is not None and value[1] is not None:  # type: ignore[index]
-        number, _, delta = text.partition(" (")
-        body = f"{esc(number)} <small>({_delta_span(delta.rstrip(')'))})</small>"
+    elif cell.signed:
+        body = _delta_span(cell.text)
+    elif cell.delta is not None:
+        body = f"{esc(cell.text)} <small>({_delta_span(cell.delta)})</small>"
     else:
-        body = esc(text)
-    cls = "" if column.kind == "text" else ' class="num"'
+        body = esc(cell.text)
+    cls = ' class="num"' if cell.numeric else ""
     return f"<td{cls}>{body}</td>"
 
 
@@ -114,14 +112,13 @@ def table_html(table: Table, caption: bool = False) -> str:
     )
     rows = []
     previous: str | None = None
-    for row in table.rows:
+    for row, row_cells in zip(table.rows, cells(table), strict=True):
         classes = [row.role if row.role in ("paper", "diff", "full") else "ours"]
         if previous is not None and row.group != previous:
             classes.append("group-start")
         previous = row.group
-        signed = row.role == "diff"
-        cells = "".join(_cell_html(c, row.values.get(c.key), signed) for c in table.columns)
-        rows.append(f'<tr class="{" ".join(classes)}">{cells}</tr>')
+        body = "".join(_cell_html(cell) for cell in row_cells)
+        rows.append(f'<tr class="{" ".join(classes)}">{body}</tr>')
     title = f"<h3>{esc(table.title)}</h3>" if caption else ""
     notes = "".join(f"<li>{esc(n)}</li>" for n in table.notes)
     return (

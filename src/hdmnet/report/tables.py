@@ -1,20 +1,23 @@
-"""Paper-style tables built from metrics records, rendered as Markdown, CSV and LaTeX.
+"""Paper-style tables built from metrics records as pandas frames and rendered by pandas.
 
-A ``Table`` is plain data (columns, rows of raw values, notes); each row also remembers which runs
-every value came from, so ``provenance`` can trace each cell to its record. The renderers only
-format: numbers to one decimal, deltas with a sign, "-" where the grid has no such cell. The CSV
-keeps raw numbers (missing cells empty) so that pandas reads it without parsing strings.
+A ``Table`` is a DataFrame of raw values, one column per CSV column (a value with its delta to
+the full model is two columns, ``key`` and ``key_delta``; a missing cell is NaN), and beside it
+what a frame has no place for: the columns' labels and kinds, and per row its group, its role and
+the runs each value is computed from (``provenance`` traces every cell to its records). Markdown,
+LaTeX and the HTML report show numbers to one decimal, differences with a sign and "-" where the
+grid has no such cell; the CSV keeps raw numbers so that pandas reads it without parsing strings.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import pandas as pd
+from tabulate import DataRow, TableFormat
 
 from hdmnet.config import Params
 from hdmnet.layout import Run
@@ -24,12 +27,36 @@ from hdmnet.report.collect import Metrics
 MISSING = "-"
 FOLDS = paper.FOLDS
 PAPER_SOURCE = f"{paper.SOURCE} (spec/PAPER.md)"
+SELECTION_TEXT = {
+    "best_val": "the checkpoint with the best validation mIoU (best_val, the paper's practice)",
+    "last": "the last checkpoint (last)",
+}
+# The notes under the tables, keyed by when they apply (filled in with str.format).
+NOTES = {
+    "main": "mIoU and FB-IoU in %, final (ensembled) output, mean over the test seeds; Mean and "
+    "FB-IoU average the folds shown.",
+    "partial": "Only folds {folds} are in the grid; '-' marks folds not run.",
+    "paper_rows": f"Paper rows: {paper.SOURCE}; COCO-20i uses the FWB split. 'ours - paper' is "
+    "our value minus the published one.",
+    "coco_split": "data.coco_split is {split!r}: COCO differences are against the paper's FWB "
+    "split and not like for like.",
+    "mean_not_compared": "The mean is not compared: the paper's mean is over folds 0-3.",
+    "main_embedded": "These runs use the embedded (generated) data set, not PASCAL-5i or "
+    "COCO-20i: the paper's numbers (paper.md) are for the real data and are not compared.",
+    "ablation": "mIoU (%) of the final output, mean over the test seeds; in parentheses the "
+    "variant minus the full model on the same folds. Meta / Base mean: the meta learner's and "
+    "the base learner's own outputs, averaged over the folds shown.",
+    "missing_full": "The full model was not run on every ablation cell (not in the main grid), so "
+    "some deltas are '-': {runs}.",
+    "paper_mean": f"Paper mean: {paper.SOURCE}, where the paper gives the variant's number.",
+    "ablation_embedded": "Embedded (generated) data set: no comparison with the paper's numbers.",
+}
 
 
 @dataclass(frozen=True)
 class Column:
-    """``kind``: text (left-aligned, ``show`` formats it), num, delta (signed) or pair
-    ((value, delta) shown as "70.1 (-1.1)"; CSV gets ``key`` and ``key_delta``)."""
+    """``kind``: text (left-aligned, ``show`` formats it), num, or pair (a value and its delta,
+    frame columns ``key`` and ``key_delta``, shown as "70.1 (-1.1)")."""
 
     key: str
     label: str
@@ -37,15 +64,15 @@ class Column:
     show: Callable[[Any], str] = str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Row:
-    values: dict[str, Any]
-    # Column key -> names of the runs the value is computed from (provenance).
-    runs: dict[str, list[str]] = field(default_factory=dict)
-    # Rows of one group (one dataset/backbone/shot) are typeset together.
-    group: str = ""
-    # "ours", "paper", "diff" or a variant name: the HTML report styles rows by it.
+    """A row beside its values: its group (rows of one setting are typeset together), its role
+    ("ours", "paper", "diff" or a variant; a diff row's numbers carry their sign) and, per column
+    key, the names of the runs the value is computed from."""
+
+    group: str
     role: str = "ours"
+    runs: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,14 +80,41 @@ class Table:
     name: str
     title: str
     columns: list[Column]
+    frame: pd.DataFrame
     rows: list[Row]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
-    def column(self, key: str) -> Column:
-        for col in self.columns:
-            if col.key == key:
-                return col
-        raise KeyError(f"table {self.name!r} has no column {key!r}")
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell as shown: its ``text``, a pair's signed ``delta`` (None without one), and whether
+    the text itself is a signed difference (the HTML report colours both by their sign)."""
+
+    text: str
+    delta: str | None = None
+    signed: bool = False
+    numeric: bool = True
+
+    @property
+    def missing(self) -> bool:
+        return self.text == MISSING
+
+    def __str__(self) -> str:
+        return self.text if self.delta is None else f"{self.text} ({self.delta})"
+
+
+def _table(name: str, title: str, columns: list[Column], rows: list, notes: list[str]) -> Table:
+    """``rows``: (values by frame column, Row) pairs; values of no column are left out."""
+    keys = [
+        k for c in columns for k in ([c.key, f"{c.key}_delta"] if c.kind == "pair" else [c.key])
+    ]
+    frame = pd.DataFrame([values for values, _ in rows], columns=keys)
+    return Table(name, title, columns, frame, [row for _, row in rows], notes)
+
+
+def records(table: Table) -> list[dict[str, Any]]:
+    """The frame's rows as plain Python values, None for a missing cell."""
+    return table.frame.astype(object).where(table.frame.notna(), None).to_dict("records")
 
 
 # --- building -------------------------------------------------------------------------------
@@ -80,21 +134,37 @@ def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _output_miou(record: dict[str, Any], output: str) -> float | None:
-    value = record.get("outputs", {}).get(output, {}).get("miou")
-    return None if value is None else float(value)
+def _value(item: Metrics | None, key: str = "miou", output: str | None = None) -> float | None:
+    """A number of a metrics record (of one output's own results if given), None if absent."""
+    record = {} if item is None else item.record
+    if output is not None:
+        record = record.get("outputs", {}).get(output, {})
+    return None if record.get(key) is None else float(record[key])
 
 
-def _setting_columns() -> list[Column]:
-    return [
-        Column("dataset", "Dataset", "text", paper.dataset_name),
-        Column("backbone", "Backbone", "text", paper.backbone_name),
-        Column("shot", "Shot", "text"),
-    ]
+def _settings(grid: Any) -> list[dict[str, Any]]:
+    """Dataset x backbone x shot of a grid, as the setting columns' values."""
+    combos = itertools.product(grid.datasets, grid.backbones, grid.shots)
+    return [dict(zip(("dataset", "backbone", "shot"), c, strict=True)) for c in combos]
 
 
-def _fold_columns(kind: str) -> list[Column]:
-    return [Column(f"fold{f}", f"Fold {f}", kind) for f in FOLDS]
+def _cells(metrics: dict[Run, Metrics], setting: dict, variant: str, folds: list[int]) -> dict:
+    """Fold -> metrics of ``variant`` in one setting, for the folds that were run."""
+    return {
+        f: metrics[r] for f in folds if (r := Run(**setting, variant=variant, fold=f)) in metrics
+    }
+
+
+SETTING_COLUMNS = [
+    Column("dataset", "Dataset", "text", paper.dataset_name),
+    Column("backbone", "Backbone", "text", paper.backbone_name),
+    Column("shot", "Shot", "text"),
+]
+
+
+def _result_columns(kind: str) -> list[Column]:
+    folds = [Column(f"fold{f}", f"Fold {f}", kind) for f in FOLDS]
+    return [*folds, Column("mean", "Mean", kind), Column("fbiou", "FB-IoU", kind)]
 
 
 def selection_modes(metrics: Iterable[Metrics]) -> dict[str, list[str]]:
@@ -104,12 +174,6 @@ def selection_modes(metrics: Iterable[Metrics]) -> dict[str, list[str]]:
         mode = str(item.record["checkpoint"].get("selection", "unknown"))
         modes.setdefault(mode, []).append(item.run.name)
     return modes
-
-
-SELECTION_TEXT = {
-    "best_val": "the checkpoint with the best validation mIoU (best_val, the paper's practice)",
-    "last": "the last checkpoint (last)",
-}
 
 
 def selection_note(metrics: Iterable[Metrics]) -> str:
@@ -123,100 +187,68 @@ def selection_note(metrics: Iterable[Metrics]) -> str:
     return "Checkpoint selection is MIXED: " + "; ".join(parts) + "."
 
 
+def _variant_row(cells: dict, full: dict, group: str, role: str) -> tuple[dict, Row]:
+    """Values and runs of one variant in one setting: per fold, mean and FB-IoU, each with its
+    delta to ``full`` (the full model's cells; empty for the full model itself), and the mean
+    mIoU of the meta and base outputs."""
+    values: dict[str, Any] = {}
+    runs: dict[str, list[str]] = {}
+    for f in FOLDS:
+        item, ref = cells.get(f), full.get(f)
+        values |= {f"fold{f}": _value(item), f"fold{f}_delta": _sub(_value(item), _value(ref))}
+        runs[f"fold{f}"] = [m.run.name for m in (item, ref) if m is not None]
+    # The delta of a mean is only meaningful over the same folds.
+    same_folds = bool(full) and set(cells) <= set(full)
+    for key, name in (("mean", "miou"), ("fbiou", "fbiou")):
+        values[key] = _mean(_value(m, name) for m in cells.values())
+        ref_mean = _mean(_value(full[f], name) for f in cells if f in full)
+        values[f"{key}_delta"] = _sub(values[key], ref_mean) if same_folds else None
+    for output in ("meta", "base"):
+        values[f"{output}_mean"] = _mean(_value(m, "miou", output) for m in cells.values())
+    names = [m.run.name for m in cells.values()]
+    runs |= {"meta_mean": names, "base_mean": names}
+    runs["mean"] = runs["fbiou"] = names + [full[f].run.name for f in cells if f in full]
+    return values, Row(group, role, runs)
+
+
 def main_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
     """Full model, rows dataset x backbone x shot, columns folds 0-3, mean and mean FB-IoU.
 
     With real data the paper's row and the difference (ours - paper) follow each of our rows
     that the paper also reports.
     """
-    grid = params.grid
-    compare = compare_with_paper(params)
-    columns = _setting_columns()
-    if compare:
-        columns.append(Column("source", "Source", "text"))
-    columns += [*_fold_columns("num"), Column("mean", "Mean"), Column("fbiou", "FB-IoU")]
-    rows: list[Row] = []
-    partial_folds = sorted(grid.folds) != list(FOLDS)
-    for dataset in grid.datasets:
-        for backbone in grid.backbones:
-            for shot in grid.shots:
-                group = f"{dataset}/{backbone}/{shot}"
-                cells = {
-                    f: metrics[run]
-                    for f in grid.folds
-                    if (run := Run(dataset, backbone, "full", f, shot)) in metrics
-                }
-                setting = {"dataset": dataset, "backbone": backbone, "shot": shot}
-                ours = _ours_row(setting, cells, group)
-                rows.append(ours)
-                if not compare:
-                    continue
-                ours.values["source"] = "ours"
-                published = paper.paper_result(dataset, backbone, shot)
-                if published is not None:
-                    rows += _paper_rows(setting, published, ours, group, complete=not partial_folds)
-    notes = [
-        "mIoU and FB-IoU in %, final (ensembled) output, mean over the test seeds; "
-        "Mean and FB-IoU average the folds shown.",
-        selection_note(metrics[r] for r in metrics if r.variant == "full"),
-    ]
-    if partial_folds:
-        shown = ", ".join(map(str, grid.folds))
-        notes.append(f"Only folds {shown} are in the grid; '-' marks folds not run.")
-    if compare:
-        notes.append(
-            f"Paper rows: {paper.SOURCE}; COCO-20i uses the FWB split. "
-            "'ours - paper' is our value minus the published one."
-        )
-        if params.data.coco_split != "fwb" and "coco" in grid.datasets:
-            notes.append(
-                f"data.coco_split is {params.data.coco_split!r}: COCO differences are against "
-                "the paper's FWB split and not like for like."
+    grid, compare = params.grid, compare_with_paper(params)
+    partial = sorted(grid.folds) != list(FOLDS)
+    source = [Column("source", "Source", "text")] if compare else []
+    rows = []
+    for setting in _settings(grid):
+        group = "{dataset}/{backbone}/{shot}".format(**setting)
+        cells = _cells(metrics, setting, "full", grid.folds)
+        ours, row = _variant_row(cells, {}, group, "ours")
+        rows.append(({**ours, **setting, "source": "ours"}, row))
+        published = paper.paper_result(**setting) if compare else None
+        if published is not None:
+            theirs = dict(zip([f"fold{f}" for f in FOLDS], published.folds, strict=True))
+            theirs |= {"mean": published.mean, "fbiou": published.fbiou}
+            # Means over different fold sets are not comparable.
+            keys = [f"fold{f}" for f in FOLDS] + ([] if partial else ["mean", "fbiou"])
+            diff = {k: _sub(ours[k], theirs[k]) for k in keys}
+            rows.append(({**theirs, **setting, "source": "paper"}, Row(group, "paper")))
+            rows.append(
+                ({**diff, **setting, "source": "ours - paper"}, Row(group, "diff", row.runs))
             )
-        if partial_folds:
-            notes.append("The mean is not compared: the paper's mean is over folds 0-3.")
-    else:
-        notes.append(
-            "These runs use the embedded (generated) data set, not PASCAL-5i or COCO-20i: "
-            "the paper's numbers (paper.md) are for the real data and are not compared."
-        )
-    return Table("main", "Main results: mIoU (%) per fold, full model", columns, rows, notes)
-
-
-def _ours_row(setting: dict[str, Any], cells: dict[int, Metrics], group: str) -> Row:
-    values: dict[str, Any] = dict(setting)
-    runs: dict[str, list[str]] = {}
-    for f in FOLDS:
-        item = cells.get(f)
-        values[f"fold{f}"] = None if item is None else float(item.record["miou"])
-        if item is not None:
-            runs[f"fold{f}"] = [item.run.name]
-    names = [item.run.name for item in cells.values()]
-    values["mean"] = _mean(float(item.record["miou"]) for item in cells.values())
-    values["fbiou"] = _mean(float(item.record["fbiou"]) for item in cells.values())
-    runs["mean"] = runs["fbiou"] = names
-    return Row(values, runs, group, "ours")
-
-
-def _paper_rows(
-    setting: dict[str, Any],
-    published: paper.PaperResult,
-    ours: Row,
-    group: str,
-    complete: bool,
-) -> list[Row]:
-    theirs: dict[str, Any] = {**setting, "source": "paper"}
-    for f, value in zip(FOLDS, published.folds, strict=True):
-        theirs[f"fold{f}"] = value
-    theirs["mean"] = published.mean
-    theirs["fbiou"] = published.fbiou
-    diff: dict[str, Any] = {**setting, "source": "ours - paper"}
-    for f in FOLDS:
-        diff[f"fold{f}"] = _sub(ours.values[f"fold{f}"], theirs[f"fold{f}"])
-    # Means over different fold sets are not comparable.
-    diff["mean"] = _sub(ours.values["mean"], published.mean) if complete else None
-    diff["fbiou"] = _sub(ours.values["fbiou"], published.fbiou) if complete else None
-    return [Row(theirs, {}, group, "paper"), Row(diff, dict(ours.runs), group, "diff")]
+    notes = [NOTES["main"], selection_note(metrics[r] for r in metrics if r.variant == "full")]
+    split, folds = params.data.coco_split, ", ".join(map(str, grid.folds))
+    wanted = {
+        "partial": partial,
+        "paper_rows": compare,
+        "coco_split": compare and split != "fwb" and "coco" in grid.datasets,
+        "mean_not_compared": compare and partial,
+        "main_embedded": not compare,
+    }
+    notes += [NOTES[key].format(folds=folds, split=split) for key, on in wanted.items() if on]
+    title = "Main results: mIoU (%) per fold, full model"
+    return _table("main", title, [*SETTING_COLUMNS, *source, *_result_columns("num")], rows, notes)
 
 
 def config_diff(params: Params, variant: str) -> list[tuple[str, Any, Any]]:
@@ -232,7 +264,8 @@ def config_diff(params: Params, variant: str) -> list[tuple[str, Any, Any]]:
     return rows
 
 
-def _yaml_value(value: Any) -> str:
+def yaml_value(value: Any) -> str:
+    """A parameter value as YAML spells it (true, null, 3)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "null" if value is None else str(value)
@@ -241,288 +274,147 @@ def _yaml_value(value: Any) -> str:
 def describe_variant(params: Params, variant: str) -> str:
     if variant == "full":
         return "(full model)"
-    return ", ".join(
-        f"{key}: {_yaml_value(a)} → {_yaml_value(b)}" for key, a, b in config_diff(params, variant)
-    )
+    diff = config_diff(params, variant)
+    return ", ".join(f"{key}: {yaml_value(a)} → {yaml_value(b)}" for key, a, b in diff)
 
 
 def ablation_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
     """Each variant against the full model on the ablation grid: per fold, mean and FB-IoU
     with the delta (variant - full) in parentheses; mean mIoU of the meta and base outputs."""
-    ab = params.ablation
-    compare = compare_with_paper(params)
-    columns = [
-        Column("variant", "Variant", "text"),
-        Column("change", "Change", "text"),
-        *_setting_columns(),
-        *_fold_columns("pair"),
-        Column("mean", "Mean", "pair"),
-        Column("fbiou", "FB-IoU", "pair"),
-        Column("meta_mean", "Meta mean"),
-        Column("base_mean", "Base mean"),
-    ]
-    if compare:
-        columns.append(Column("paper_mean", "Paper mean"))
-    rows: list[Row] = []
-    missing_full: list[str] = []
-    for dataset in ab.datasets:
-        for backbone in ab.backbones:
-            for shot in ab.shots:
-                group = f"{dataset}/{backbone}/{shot}"
-                setting = {"dataset": dataset, "backbone": backbone, "shot": shot}
-                full = _cells(metrics, dataset, backbone, "full", shot, ab.folds)
-                missing_full += [
-                    Run(dataset, backbone, "full", f, shot).name for f in ab.folds if f not in full
-                ]
-                for variant in ["full", *ab.variants]:
-                    cells = _cells(metrics, dataset, backbone, variant, shot, ab.folds)
-                    row = _ablation_row(params, setting, variant, cells, full, group)
-                    if compare:
-                        published = paper.paper_result(dataset, backbone, shot, variant)
-                        row.values["paper_mean"] = None if published is None else published.mean
-                    rows.append(row)
-    notes = [
-        "mIoU (%) of the final output, mean over the test seeds; in parentheses the variant "
-        "minus the full model on the same folds. Meta / Base mean: the meta learner's and the "
-        "base learner's own outputs, averaged over the folds shown.",
-        selection_note(metrics.values()),
-    ]
-    if missing_full:
-        notes.append(
-            "The full model was not run on every ablation cell (not in the main grid), so some "
-            "deltas are '-': " + ", ".join(missing_full) + "."
-        )
-    if compare:
-        notes.append(f"Paper mean: {paper.SOURCE}, where the paper gives the variant's number.")
-    else:
-        notes.append("Embedded (generated) data set: no comparison with the paper's numbers.")
+    ab, compare = params.ablation, compare_with_paper(params)
+    rows, missing_full = [], []
+    for setting in _settings(ab):
+        group = "{dataset}/{backbone}/{shot}".format(**setting)
+        full = _cells(metrics, setting, "full", ab.folds)
+        missing_full += [
+            Run(**setting, variant="full", fold=f).name for f in ab.folds if f not in full
+        ]
+        for variant in ["full", *ab.variants]:
+            cells = _cells(metrics, setting, variant, ab.folds)
+            values, row = _variant_row(cells, {} if variant == "full" else full, group, variant)
+            values |= {"variant": variant, "change": describe_variant(params, variant), **setting}
+            published = paper.paper_result(**setting, variant=variant) if compare else None
+            rows.append((values | {"paper_mean": published and published.mean}, row))
+    notes = [NOTES["ablation"], selection_note(metrics.values())]
+    notes += [NOTES["missing_full"].format(runs=", ".join(missing_full))] if missing_full else []
+    notes.append(NOTES["paper_mean" if compare else "ablation_embedded"])
+    columns = [Column("variant", "Variant", "text"), Column("change", "Change", "text")]
+    columns += [*SETTING_COLUMNS, *_result_columns("pair")]
+    columns += [Column("meta_mean", "Meta mean"), Column("base_mean", "Base mean")]
+    columns += [Column("paper_mean", "Paper mean")] if compare else []
     title = "Ablations: each variant against the full model"
-    return Table("ablation", title, columns, rows, notes)
-
-
-def _cells(
-    metrics: dict[Run, Metrics],
-    dataset: str,
-    backbone: str,
-    variant: str,
-    shot: int,
-    folds: Iterable[int],
-) -> dict[int, Metrics]:
-    return {
-        f: metrics[run]
-        for f in folds
-        if (run := Run(dataset, backbone, variant, f, shot)) in metrics
-    }
-
-
-def _ablation_row(
-    params: Params,
-    setting: dict[str, Any],
-    variant: str,
-    cells: dict[int, Metrics],
-    full: dict[int, Metrics],
-    group: str,
-) -> Row:
-    values: dict[str, Any] = {
-        "variant": variant,
-        "change": describe_variant(params, variant),
-        **setting,
-    }
-    runs: dict[str, list[str]] = {}
-    is_full = variant == "full"
-    for f in FOLDS:
-        key = f"fold{f}"
-        item, ref = cells.get(f), full.get(f)
-        value = None if item is None else float(item.record["miou"])
-        delta = None if is_full or ref is None else _sub(value, float(ref.record["miou"]))
-        values[key] = (value, delta)
-        runs[key] = [m.run.name for m in (item, None if is_full else ref) if m is not None]
-    # The delta of a mean is only meaningful over the same folds.
-    same_folds = not is_full and set(cells) <= set(full)
-    for key, field_name in (("mean", "miou"), ("fbiou", "fbiou")):
-        value = _mean(float(m.record[field_name]) for m in cells.values())
-        ref_mean = _mean(float(full[f].record[field_name]) for f in cells if f in full)
-        values[key] = (value, _sub(value, ref_mean) if same_folds else None)
-    values["meta_mean"] = _mean(_output_miou(m.record, "meta") for m in cells.values())
-    values["base_mean"] = _mean(_output_miou(m.record, "base") for m in cells.values())
-    names = [m.run.name for m in cells.values()]
-    ref_names = [] if is_full else [full[f].run.name for f in cells if f in full]
-    runs["mean"] = runs["fbiou"] = names + ref_names
-    runs["meta_mean"] = runs["base_mean"] = names
-    return Row(values, runs, group, variant)
+    return _table("ablation", title, columns, rows, notes)
 
 
 def paper_table() -> Table:
     """The published numbers: HDMNet's main table, its ensemble ablation and the baselines."""
-    columns = [
-        Column("method", "Method", "text"),
-        *_setting_columns(),
-        *_fold_columns("num"),
-        Column("mean", "Mean"),
-        Column("fbiou", "FB-IoU"),
-    ]
-    rows: list[Row] = []
-
-    def add(method: str, result: paper.PaperResult) -> None:
-        values: dict[str, Any] = {
-            "method": method,
-            "dataset": result.dataset,
-            "backbone": result.backbone,
-            "shot": result.shot,
-            "mean": result.mean,
-            "fbiou": result.fbiou,
-        }
-        values.update({f"fold{f}": v for f, v in zip(FOLDS, result.folds, strict=True)})
-        rows.append(Row(values, {}, f"{method}/{result.dataset}", "paper"))
-
-    for result in paper.MAIN.values():
-        add("HDMNet", result)
-    for (variant, *_), result in paper.VARIANTS.items():
-        add(f"HDMNet ({variant})", result)
-    for base in paper.BASELINES:
-        for shot, mean in ((1, base.shot1), (5, base.shot5)):
-            values = {"method": base.method, "dataset": base.dataset, "backbone": "resnet50"}
-            values.update({"shot": shot, "mean": mean, "fbiou": None})
-            values.update({f"fold{f}": None for f in FOLDS})
-            rows.append(Row(values, {}, f"baselines/{base.dataset}", "paper"))
+    published = [("HDMNet", r) for r in paper.MAIN.values()]
+    published += [(f"HDMNet ({variant})", r) for (variant, *_), r in paper.VARIANTS.items()]
+    rows = []
+    for method, r in published:
+        values = {"method": method, "dataset": r.dataset, "backbone": r.backbone, "shot": r.shot}
+        values |= dict(zip([f"fold{f}" for f in FOLDS], r.folds, strict=True))
+        values |= {"mean": r.mean, "fbiou": r.fbiou}
+        rows.append((values, Row(f"{method}/{r.dataset}", "paper")))
+    for base, shot in itertools.product(paper.BASELINES, (1, 5)):
+        values = {"method": base.method, "dataset": base.dataset, "backbone": "resnet50"}
+        values |= {"shot": shot, "mean": base.shot1 if shot == 1 else base.shot5}
+        rows.append((values, Row(f"baselines/{base.dataset}", "paper")))
     notes = [
         f"{paper.SOURCE}, as published; real PASCAL-5i and COCO-20i (FWB split), mIoU in %.",
         "HDMNet (no_ensemble): the meta output alone, without the base-learner ensemble.",
         "Baselines: ResNet-50, mean over the four folds only.",
     ]
-    return Table("paper", "The paper's numbers (real data sets)", columns, rows, notes)
+    columns = [Column("method", "Method", "text"), *SETTING_COLUMNS, *_result_columns("num")]
+    return _table("paper", "The paper's numbers (real data sets)", columns, rows, notes)
 
 
-# --- formatting -----------------------------------------------------------------------------
+# --- rendering ------------------------------------------------------------------------------
 
 
 def _num(value: float | None) -> str:
-    return MISSING if value is None or math.isnan(value) else f"{value:.1f}"
+    return MISSING if value is None else f"{value:.1f}"
 
 
 def _signed(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return MISSING
     # round first so that -0.04 prints as +0.0, not -0.0
-    return f"{round(value, 1) or 0.0:+.1f}"
+    return MISSING if value is None else f"{round(value, 1) or 0.0:+.1f}"
 
 
-def format_cell(column: Column, value: Any, signed: bool = False) -> str:
-    """The text of one cell as the Markdown and HTML tables show it (``signed``: a row of
-    differences, numbers with their sign)."""
+def cells(table: Table) -> list[list[Cell]]:
+    """Each row's cells as the Markdown, LaTeX and HTML tables show them."""
+    return [
+        [_cell(column, values, row.role == "diff") for column in table.columns]
+        for values, row in zip(records(table), table.rows, strict=True)
+    ]
+
+
+def _cell(column: Column, values: dict[str, Any], signed: bool) -> Cell:
+    value = values[column.key]
     if column.kind == "text":
-        return MISSING if value is None else column.show(value)
-    if column.kind == "delta" or (signed and column.kind == "num"):
-        return _signed(value)
-    if column.kind == "pair":
-        number, delta = value
-        if number is None:
-            return MISSING
-        return _num(number) if delta is None else f"{_num(number)} ({_signed(delta)})"
-    return _num(value)
+        return Cell(MISSING if value is None else column.show(value), numeric=False)
+    if signed and column.kind == "num":
+        return Cell(_signed(value), signed=True)
+    delta = values.get(f"{column.key}_delta")
+    return Cell(_num(value), None if value is None or delta is None else _signed(delta))
+
+
+def _shown(table: Table, escape: Callable[[str], str] = str) -> pd.DataFrame:
+    """The table as the strings it shows, labels as column names, ``escape`` applied to all."""
+    rows = [[escape(str(cell)) for cell in row] for row in cells(table)]
+    return pd.DataFrame(rows, columns=[escape(column.label) for column in table.columns])
 
 
 def to_markdown(table: Table) -> str:
     """A GitHub-flavoured Markdown table with the title above and the notes below."""
 
-    def esc(text: str) -> str:
+    def escape(text: str) -> str:
         return text.replace("|", r"\|")
 
-    align = [":--" if col.kind == "text" else "--:" for col in table.columns]
-    lines = [
-        f"### {table.title}",
-        "",
-        "| " + " | ".join(esc(col.label) for col in table.columns) + " |",
-        "|" + "|".join(align) + "|",
-    ]
-    for row in table.rows:
-        signed = row.role == "diff"
-        cells = [esc(format_cell(c, row.values.get(c.key), signed)) for c in table.columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    if table.notes:
-        lines += ["", *(f"- {esc(note)}" for note in table.notes)]
-    return "\n".join(lines) + "\n"
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return round(value, 4)
-    return value
+    # tabulate's pipe format pads every cell to its column's width; this one writes the cells
+    # unpadded under fixed alignment markers, as the committed tables always were.
+    rule = "|" + "|".join(":--" if c.kind == "text" else "--:" for c in table.columns) + "|"
+    row = DataRow("|", "|", "|")
+    layout = TableFormat(None, lambda *_: rule, None, None, row, row, 1, None)
+    body = _shown(table, escape).to_markdown(
+        index=False, tablefmt=layout, disable_numparse=True, stralign=None, numalign=None
+    )
+    notes = ["", *(f"- {escape(note)}" for note in table.notes)] if table.notes else []
+    return "\n".join([f"### {table.title}", "", body, *notes]) + "\n"
 
 
 def to_csv(table: Table) -> str:
-    """One row per table row, raw values (4 decimals); pair columns split into value and delta."""
-    header: list[str] = []
-    for col in table.columns:
-        header += [col.key, f"{col.key}_delta"] if col.kind == "pair" else [col.key]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    for row in table.rows:
-        line: list[Any] = []
-        for col in table.columns:
-            value = row.values.get(col.key)
-            if col.kind == "pair":
-                line += [_csv_value(value[0]), _csv_value(value[1])]
-            else:
-                line.append(_csv_value(value))
-        writer.writerow(line)
-    return out.getvalue()
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "→": r"$\rightarrow$",
-    "Δ": r"$\Delta$",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """One row per table row, raw values (4 decimals, missing cells empty); a pair column is
+    two columns, ``key`` and ``key_delta``."""
+    # Python's round (correctly rounded), not numpy's: the same text as the csv module wrote.
+    rounded = table.frame.map(lambda v: round(float(v), 4) if isinstance(v, float) else v)
+    return rounded.to_csv(index=False, lineterminator="\n")
 
 
 def _latex_number(text: str) -> str:
-    if text == MISSING:
-        return "--"
-    # Real minus and plus signs instead of hyphens.
-    return re.sub(r"([+-])(?=\d)", r"$\1$", text)
+    # Real minus and plus signs instead of hyphens, an en dash for a missing cell.
+    return "--" if text == MISSING else re.sub(r"([+-])(?=\d)", r"$\1$", text)
 
 
 def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), ``\\midrule`` between groups."""
-    spec = "".join("l" if col.kind == "text" else "r" for col in table.columns)
-    lines = [
+    text = [c.label for c in table.columns if c.kind == "text"]
+    numbers = [c.label for c in table.columns if c.kind != "text"]
+    styler = _shown(table).style.hide(axis="index").format_index(escape="latex", axis=1)
+    styler.format(lambda s: s.replace("→", r"$\rightarrow$"), escape="latex", subset=text)
+    styler.format(_latex_number, subset=numbers)
+    spec = "".join("l" if c.kind == "text" else "r" for c in table.columns)
+    lines = styler.to_latex(column_format=spec, hrules=True).splitlines()
+    # pandas draws no rule between groups of rows: one before each group's first row.
+    body = lines.index(r"\midrule") + 1
+    for i in reversed(range(1, len(table.rows))):
+        if table.rows[i].group != table.rows[i - 1].group:
+            lines.insert(body + i, r"\midrule")
+    head = [
         f"% {table.title}",
         "% Rendered by hdmnet from the metrics records (see provenance.json); do not edit.",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(latex_escape(col.label) for col in table.columns) + r" \\",
-        r"\midrule",
     ]
-    previous: str | None = None
-    for row in table.rows:
-        if previous is not None and row.group != previous:
-            lines.append(r"\midrule")
-        previous = row.group
-        cells = []
-        for col in table.columns:
-            text = format_cell(col, row.values.get(col.key), row.role == "diff")
-            cells.append(latex_escape(text) if col.kind == "text" else _latex_number(text))
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [f"% {note}" for note in table.notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*head, *lines, *(f"% {note}" for note in table.notes)]) + "\n"
 
 
 # --- provenance -----------------------------------------------------------------------------
@@ -530,35 +422,18 @@ def to_latex(table: Table) -> str:
 
 def run_provenance(item: Metrics) -> dict[str, Any]:
     """What produced one metrics record: the fields a reader needs to trust or rerun a cell."""
-    record = item.record
-    git = record.get("git") or {}
-    checkpoint = record.get("checkpoint") or {}
-    timing = record.get("timing") or {}
+    record, run = item.record, item.run
+    git, checkpoint, timing = (record.get(key) or {} for key in ("git", "checkpoint", "timing"))
+    kept = ("config_digest", "annotation", "split", "data_hash", "hardware", "mlflow_run_id")
     return {
         "record": str(item.path),
-        "dataset": item.run.dataset,
-        "backbone": item.run.backbone,
-        "variant": item.run.variant,
-        "fold": item.run.fold,
-        "shot": item.run.shot,
-        "miou": record["miou"],
-        "fbiou": record["fbiou"],
-        "config_digest": record.get("config_digest"),
-        "git_commit": git.get("git_commit"),
-        "git_dirty": git.get("git_dirty"),
-        "checkpoint_path": checkpoint.get("path"),
-        "checkpoint_sha256": checkpoint.get("sha256"),
-        "checkpoint_epoch": checkpoint.get("epoch"),
+        **{key: getattr(run, key) for key in ("dataset", "backbone", "variant", "fold", "shot")},
+        **{key: record[key] for key in ("miou", "fbiou", "seeds", "episodes_per_seed")},
+        **{key: record.get(key) for key in kept},
+        **{key: git.get(key) for key in ("git_commit", "git_dirty")},
+        **{f"checkpoint_{key}": checkpoint.get(key) for key in ("path", "sha256", "epoch")},
         "selection": checkpoint.get("selection"),
-        "seeds": record["seeds"],
-        "episodes_per_seed": record["episodes_per_seed"],
-        "annotation": record.get("annotation"),
-        "split": record.get("split"),
-        "data_hash": record.get("data_hash"),
-        "hardware": record.get("hardware"),
-        "seconds": timing.get("seconds"),
-        "ms_per_episode": timing.get("ms_per_episode"),
-        "mlflow_run_id": record.get("mlflow_run_id"),
+        **{key: timing.get(key) for key in ("seconds", "ms_per_episode")},
     }
 
 
@@ -566,31 +441,21 @@ def provenance(params: Params, metrics: dict[Run, Metrics], tables: list[Table])
     """Every cell of every table with the runs it comes from, and every run's provenance."""
     cells = []
     for table in tables:
-        keys = [col.key for col in table.columns if col.kind == "text"]
-        for row in table.rows:
-            where = {key: row.values.get(key) for key in keys}
-            for col in table.columns:
-                if col.kind == "text":
-                    continue
-                value = row.values.get(col.key)
+        keys = [c.key for c in table.columns if c.kind == "text"]
+        for values, row in zip(records(table), table.rows, strict=True):
+            for col in (c for c in table.columns if c.kind != "text"):
+                value = values[col.key]
                 if col.kind == "pair":
-                    value = {"value": value[0], "delta": value[1]}
-                uses_paper = row.role in ("paper", "diff") or col.key == "paper_mean"
-                cells.append(
-                    {
-                        "table": table.name,
-                        "row": where,
-                        "column": col.key,
-                        "value": value,
-                        "runs": row.runs.get(col.key, []),
-                        "paper": PAPER_SOURCE if uses_paper else None,
-                    }
-                )
+                    value = {"value": value, "delta": values[f"{col.key}_delta"]}
+                paper_used = row.role in ("paper", "diff") or col.key == "paper_mean"
+                cell = {"table": table.name, "row": {k: values[k] for k in keys}}
+                cell |= {"column": col.key, "value": value, "runs": row.runs.get(col.key, [])}
+                cells.append(cell | {"paper": PAPER_SOURCE if paper_used else None})
     return {
         "preset": params.preset,
         "data_source": params.data.source,
         "compared_with_paper": compare_with_paper(params),
-        "selection": {mode: names for mode, names in selection_modes(metrics.values()).items()},
+        "selection": selection_modes(metrics.values()),
         "runs": {item.run.name: run_provenance(item) for item in metrics.values()},
         "cells": cells,
     }
