@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from hdmnet import cli, fileio, layout
 from hdmnet.config import load_params
 from hdmnet.data import download, stages
+from hdmnet.data.errors import DataError
 from hdmnet.data.folds import fold_classes
 
 
@@ -144,3 +146,40 @@ def test_rerun_of_download_reads_no_archive(embedded_data, monkeypatch):
     for name, entry in after["archives"].items():
         data = (layout.archive_dir(embedded_data) / name).read_bytes()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_failed_reprepare_leaves_nothing_of_the_previous_run_looking_current(
+    embedded_data, tmp_path, monkeypatch
+):
+    source = layout.data_dir(embedded_data)
+    data = tmp_path / "data"
+    shutil.copytree(source / "raw" / "pascal", data / "raw" / "pascal", symlinks=True)
+    shutil.copytree(source / "pascal", data / "pascal", symlinks=True)
+    (data / "archives").mkdir()
+    shutil.copy2(source / "archives" / "train_noval.txt", data / "archives")
+    params = embedded_data.with_overrides([f"paths.data={data}"])
+    out = layout.prepared_dir(params, "pascal")
+    assert (out / "prepared.json").exists() and (out / "folds").is_dir()
+    masks = {p: p.stat().st_mtime_ns for p in (out / "SegmentationClassAug").iterdir()}
+
+    real_build = stages.build_fold_lists
+    calls = []
+
+    def fail_on_the_third_fold(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise DataError("fold lists: simulated failure")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "build_fold_lists", fail_on_the_third_fold)
+    with pytest.raises(DataError, match="simulated"):
+        stages.prepare(params, "pascal")
+    assert not (out / "prepared.json").exists()
+    assert not (out / "folds").exists()  # neither the old lists nor a partial new set
+    # The converted masks are kept and reused by the next run.
+    monkeypatch.setattr(stages, "build_fold_lists", real_build)
+    stages.prepare(params, "pascal")
+    assert (out / "prepared.json").exists()
+    assert len(list((out / "folds").rglob("train.txt"))) == 8
+    assert {p: p.stat().st_mtime_ns for p in (out / "SegmentationClassAug").iterdir()} == masks
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -5,12 +5,20 @@ mirror, files the user has, or the generated ones of the embedded preset); ``pre
 masks, builds the full lists, counts class pixels once and writes the fold lists of every fold
 scheme, with and without the novel-image exclusion rule (so ablations need no re-preparation).
 Each stage ends by writing a small JSON marker that summarises what it produced.
+
+A rerun of ``prepare`` first removes the previous marker, pixel counts and fold lists, so a run
+that fails midway leaves nothing of the previous run that could pass for its result. The fold
+lists are built in a hidden folder and renamed into place at the end: there is either the whole
+current set or none. Converted masks and image links are kept: they are large, each is written
+atomically, and the conversion reuses the ones that are still valid.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,8 @@ ARCHIVES_OF: dict[str, tuple[str, ...]] = {
     "coco": ("coco_train2014", "coco_val2014", "coco_annotations2014"),
 }
 LIST_MODES = ("train", "val")
+MARKER = "prepared.json"
+FOLDS = "folds"
 
 
 def archive_specs(params: Params, dataset: str) -> list[ArchiveSpec]:
@@ -94,15 +104,16 @@ def prepare(params: Params, dataset: str) -> Path:
     out = layout.prepared_dir(params, dataset)
     raw = layout.raw_dir(params)
     workers = params.data.workers
+    if dataset not in ARCHIVES_OF:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    partial_folds = _forget_previous_run(out)
     if dataset == "pascal":
         train_noval = layout.archive_dir(params) / OFFICIAL_ARCHIVES["sbd_train_noval"].name
         converted = pascal.prepare_pascal(raw / "pascal", train_noval, out, workers=workers)
         schemes = ["fwb"]  # PASCAL-5i has one split; the scheme name only matters on COCO
-    elif dataset == "coco":
+    else:
         converted = coco.prepare_coco(raw / "coco", out, workers=workers)
         schemes = ["fwb", "panet"]
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}")
 
     counts = {}
     for mode in LIST_MODES:
@@ -125,13 +136,28 @@ def prepare(params: Params, dataset: str) -> Path:
                     exclude_novel=exclude,
                     min_pixels=params.data.min_pixels,
                 )
-                target = out / "folds" / split / f"fold{fold}"
+                target = partial_folds / split / f"fold{fold}"
                 write_fold_lists(lists, target, counts["train"], counts["val"])
                 folds[f"{split}/fold{fold}"] = {
                     "train_images": len(lists.train.items),
                     "val_images": len(lists.val.items),
                 }
-    marker = out / "prepared.json"
+    os.replace(partial_folds, out / FOLDS)
+    marker = out / MARKER
     write_json(marker, {"dataset": dataset, "conversion": converted, "folds": folds})
     log.info("prepared %s in %s (%d fold lists)", dataset, out, len(folds))
     return marker
+
+
+def _forget_previous_run(out: Path) -> Path:
+    """Remove the marker, counts and fold lists of an earlier run (marker first: from then on
+    nothing claims the folder is prepared); return an empty folder to build the fold lists in."""
+    (out / MARKER).unlink(missing_ok=True)
+    for mode in LIST_MODES:
+        (out / f"counts_{mode}.jsonl").unlink(missing_ok=True)
+    partial = out / f".{FOLDS}.partial"
+    for folder in (out / FOLDS, partial):
+        if folder.exists():
+            shutil.rmtree(folder)
+    partial.mkdir(parents=True)
+    return partial
