@@ -38,6 +38,11 @@ Training record (``record.json`` beside the checkpoints of a base or meta learne
       "base_checkpoint": {"path", "sha256"} (meta only),
       "config", "config_digest", "git", "hardware", "seconds", "mlflow_run_id"
     }
+
+Records are checked once, on read, against ``SCHEMAS``: the keys that tables, figures and the
+report read without a default, with their types. A record that lacks one or holds the wrong type
+is a ``RecordError`` naming the file and the key, not a KeyError deep in the report code. Other
+keys are free, so records can grow without touching this list.
 """
 
 from __future__ import annotations
@@ -54,25 +59,48 @@ BASE_KIND = "hdmnet-train-base"
 VERSION = 1
 OUTPUTS = ("final", "meta", "base")
 
-METRICS_KEYS = (
-    "dataset",
-    "backbone",
-    "variant",
-    "fold",
-    "shot",
-    "miou",
-    "fbiou",
-    "outputs",
-    "classes",
-    "seeds",
-    "episodes_per_seed",
-    "checkpoint",
-    "config",
-)
+NUMBER = (int, float)
+# Dotted key -> the type(s) its value must have; "*" is every item of a list (after the list).
+Schema = dict[str, type | tuple[type, ...]]
+_TRAINING: Schema = {
+    "dataset": str,
+    "backbone": str,
+    "fold": int,
+    "epochs": list,
+    "epochs.*.epoch": int,
+    "checkpoints.best.sha256": str,
+}
+SCHEMAS: dict[str, Schema] = {
+    METRICS_KIND: {
+        "dataset": str,
+        "backbone": str,
+        "variant": str,
+        "fold": int,
+        "shot": int,
+        "miou": NUMBER,
+        "fbiou": NUMBER,
+        "outputs.final.miou": NUMBER,
+        "outputs.final.fbiou": NUMBER,
+        "outputs.final.per_seed": list,
+        "outputs.final.per_seed.*.miou": NUMBER,
+        "outputs.final.class_iou": dict,
+        "classes": list,
+        "classes.*": int,
+        "seeds": list,
+        "episodes_per_seed": int,
+        "checkpoint.sha256": str,
+        "checkpoint.selection": str,
+        "config": dict,
+    },
+    TRAIN_KIND: _TRAINING,
+    BASE_KIND: _TRAINING,
+}
+_TYPE_NAMES = {dict: "object", list: "list", str: "str", int: "int", float: "float", bool: "bool"}
 
 
 class RecordError(ValueError):
-    """A record file is missing, unreadable or lacks a required key (the message names it)."""
+    """A record file is missing or unreadable, or a required key is absent or of the wrong type
+    (the message names the file and the key)."""
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> None:
@@ -87,14 +115,47 @@ def read_record(path: str | Path, kind: str) -> dict[str, Any]:
         raise RecordError(f"{path}: record not found") from None
     except json.JSONDecodeError as error:
         raise RecordError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: not a JSON object but {_type_name(record)}")
     if record.get("kind") != kind:
         raise RecordError(f"{path}: expected a {kind!r} record, found {record.get('kind')!r}")
-    if kind == METRICS_KIND:
-        missing = [key for key in METRICS_KEYS if key not in record]
-        if missing:
-            raise RecordError(f"{path}: metrics record lacks {missing}")
+    for key, expected in SCHEMAS.get(kind, {}).items():
+        _check(path, record, [], key.split("."), expected)
     return record
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
     return read_record(path, METRICS_KIND)
+
+
+def _check(
+    path: Path, value: Any, seen: list[str], rest: list[str], expected: type | tuple[type, ...]
+) -> None:
+    """Walk ``rest`` (dotted key parts) down from ``value``; raise naming the first bad key."""
+    if not rest:
+        # JSON true/false load as bool, a subclass of int: a flag is not a count or a score.
+        if isinstance(value, bool) or not isinstance(value, expected):
+            names = " or ".join(_TYPE_NAMES[t] for t in _as_tuple(expected))
+            raise RecordError(
+                f"{path}: key {'.'.join(seen)} is {_type_name(value)}, expected {names}"
+            )
+        return
+    head, *tail = rest
+    if head == "*":
+        for index, item in enumerate(value):
+            _check(path, item, [*seen, str(index)], tail, expected)
+        return
+    if not isinstance(value, dict):
+        raise RecordError(f"{path}: key {'.'.join(seen)} is {_type_name(value)}, expected object")
+    if head not in value:
+        raise RecordError(f"{path}: key {'.'.join([*seen, head])} missing")
+    _check(path, value[head], [*seen, head], tail, expected)
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_name(value: Any) -> str:
+    """The JSON-ish name of what a record holds: null, bool, int, float, str, list, object."""
+    return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
