@@ -96,7 +96,7 @@ def test_missing_training_records_are_named_not_fatal(project_root, tmp_path):
     assert "No training record" in text
     assert str(layout.meta_dir(params, Run("pascal", "small", "full", 0, 1))) in text
     assert not list(layout.figures_dir(params).glob("training-*.png"))
-    assert "and 5 more" in text  # 11 meta runs + 4 base learners, 10 named
+    assert "and 7 more" in text  # 11 meta runs + 4 base learners, 8 named (LIST_MISSING)
 
 
 def test_paper_preset_report_compares_with_the_paper(paper_grid):
