@@ -85,14 +85,15 @@ def evaluate_once(
     params: Params, run: Run, checkpoint: Path, mode: tuple[int, int], profile: bool
 ) -> tuple[dict[str, Any], float, str]:
     """One evaluation; returns the record, the wall time and (optionally) a profile summary."""
-    from hdmnet.evaluate.evaluator import evaluate
+    from hdmnet.evaluate.evaluator import External, evaluate
 
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler is not None:
         profiler.enable()
     cache_mb, batch_size = mode
-    record = evaluate(params, run, checkpoint=checkpoint, cache_mb=cache_mb, batch_size=batch_size)
+    external = External("benchmark", checkpoint)
+    record = evaluate(params, run, external, cache_mb=cache_mb, batch_size=batch_size)
     if profiler is not None:
         profiler.disable()
     wall = time.perf_counter() - started

@@ -123,8 +123,8 @@ def test_overrides_are_parsed_and_applied():
 
 
 def test_shot_epochs_set_one_shot_count_and_retrain_only_its_jobs():
+    from hdmnet.identity import meta_learner
     from hdmnet.layout import Run
-    from hdmnet.pipeline import run_digest
 
     params = load_params(
         ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={5: 3}"]
@@ -135,13 +135,13 @@ def test_shot_epochs_set_one_shot_count_and_retrain_only_its_jobs():
     )
     for shot, same in ((1, True), (5, False)):
         run = Run("pascal", "small", "full", 0, shot)
-        assert (run_digest(params, run, "train") == run_digest(changed, run, "train")) is same
+        assert (meta_learner(params, run) == meta_learner(changed, run)) is same
     # Listing a shot with the default epoch count is the same job as not listing it.
     spelled = load_params(
         ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={1: 5, 5: 3}"]
     )
     run = Run("pascal", "small", "full", 0, 1)
-    assert run_digest(spelled, run, "train") == run_digest(params, run, "train")
+    assert meta_learner(spelled, run) == meta_learner(params, run)
 
 
 def test_variants_apply_their_overrides_and_change_the_digest():
@@ -160,9 +160,10 @@ def test_variant_keys_are_checked(tmp_path):
     bad.write_text(yaml.safe_dump({"variants": {"x": {"model.stagez": 1}}}))
     with pytest.raises(ParamsError, match=r"variants\.x.*model\.stagez"):
         load_params(bad)
-    bad.write_text(yaml.safe_dump({"variants": {"x": {"grid.folds": [0]}}}))
-    with pytest.raises(ParamsError, match="cannot vary"):
-        load_params(bad)
+    for key, value in (("grid.folds", [0]), ("model.small_width", 0.5), ("base.pascal.lr", 1.0)):
+        bad.write_text(yaml.safe_dump({"variants": {"x": {key: value}}}))
+        with pytest.raises(ParamsError, match=rf"variants\.x: key '{key}' cannot vary"):
+            load_params(bad)
     bad.write_text(yaml.safe_dump({"ablation": {"variants": ["ghost"]}}))
     with pytest.raises(ParamsError, match="ghost"):
         load_params(bad)

@@ -102,7 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = add("evaluate", "run the episodic test protocol and write a metrics record")
     _grid_args(cmd, shot=True, variant=True)
-    cmd.add_argument("--checkpoint", type=Path, help="evaluate this checkpoint (ours or official)")
+    cmd.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="evaluate a checkpoint made elsewhere (official HDMNet, another run) into its own "
+        "record, results/external/NAME/...; the pipeline's records are never touched",
+    )
+    cmd.add_argument(
+        "--name", help="with --checkpoint: what its record and table rows are called, e.g. official"
+    )
+
+    cmd = add(
+        "import-base",
+        "install a base learner made elsewhere (BAM's PSPNet, ours) for one dataset, backbone "
+        "and fold, with its record, so the workflow uses it instead of training one",
+    )
+    cmd.add_argument("checkpoint", type=Path, help="the PSPNet checkpoint file")
+    _grid_args(cmd, shot=False, variant=False)
 
     add("aggregate", "render the paper-style tables from the metrics records")
     add("report", "write figures and the self-contained HTML ablation report")
@@ -189,14 +205,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hdmnet import launch
-    from hdmnet.evaluate.evaluator import evaluate
+    from hdmnet.evaluate.evaluator import External, evaluate
 
+    if (args.checkpoint is None) != (args.name is None):
+        raise StageError(
+            "--checkpoint and --name go together: --name says what the external checkpoint's "
+            "record and table rows are called (e.g. --name official)"
+        )
+    external = External(args.name, args.checkpoint) if args.checkpoint else None
     params = load_params(args.params, args.overrides)
     with launch.claim_gpus(min(1, params.train.gpus)):
-        record = evaluate(params, _run_of(args), args.checkpoint)
+        record = evaluate(params, _run_of(args), external)
+    label = f"{_run_of(args).name}" + (f" (external: {args.name})" if external else "")
     print(
-        f"{_run_of(args).name}: mIoU {record['miou']:.2f} "
+        f"{label}: mIoU {record['miou']:.2f} "
         f"(meta {record['outputs']['meta']['miou']:.2f}), FB-IoU {record['fbiou']:.2f}"
+    )
+    return 0
+
+
+def _cmd_import_base(args: argparse.Namespace) -> int:
+    from hdmnet.train.base import import_base_learner
+
+    params = load_params(args.params, args.overrides)
+    record = import_base_learner(params, args.dataset, args.backbone, args.fold, args.checkpoint)
+    print(
+        f"{args.checkpoint} installed as {record['checkpoints']['best']['path']} "
+        f"(with its record): the workflow uses it instead of training a base learner"
     )
     return 0
 
@@ -249,6 +284,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-base": _cmd_train_base,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "import-base": _cmd_import_base,
     "aggregate": _cmd_aggregate,
     "report": _cmd_report,
 }

@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,8 +26,18 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hdmnet.identity import STAGE_KEYS
+
 SCHEMA_RESOURCE = "params.schema.yaml"
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+# Variant names become path parts, Snakemake wildcards and MLflow run names.
+VARIANT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Settings that act only with several support shots, and why: a variant changing only these
+# would measure nothing at 1 shot.
+KSHOT_ONLY = {
+    "model.fix_quirks": "model.fix_quirks changes the K-shot re-weighting, which a 1-shot model "
+    "does not have",
+}
 
 
 class ParamsError(ValueError):
@@ -78,6 +90,18 @@ class Ablation:
     folds: list[int]
     shots: list[int]
     backbones: list[str]
+    kshot_variants: list[str]
+    kshot_shots: list[int]
+
+    def settings(self) -> list[tuple[str, int]]:
+        """(variant, shot) of every ablation run: ``variants`` at ``shots``, ``kshot_variants``
+        at ``kshot_shots``."""
+        pairs = [(v, shot) for v in self.variants for shot in self.shots]
+        pairs += [(v, shot) for v in self.kshot_variants for shot in self.kshot_shots]
+        return list(dict.fromkeys(pairs))
+
+    def all_variants(self) -> list[str]:
+        return list(dict.fromkeys(self.variants + self.kshot_variants))
 
 
 @dataclass(frozen=True)
@@ -195,8 +219,12 @@ class Params:
         if name not in self.variants:
             known = ", ".join(sorted(self.variants)) or "none"
             raise ParamsError(f"unknown variant {name!r} (variants in params: {known})")
-        overrides = {key: value for key, value in self.variants[name].items()}
-        return from_mapping(_apply(self.raw, overrides, source=f"variants.{name}"))
+        # Job identities ask for the same variant many times while Snakemake builds its graph.
+        cache = self.__dict__.setdefault("_variant_cache", {})
+        if name not in cache:
+            source = f"variants.{name}"
+            cache[name] = _typed(_apply(self.raw, self.variants[name], source=source), source)
+        return cache[name]
 
 
 @cache
@@ -238,13 +266,15 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def from_mapping(raw: Mapping[str, Any], source: str = "params") -> Params:
     """Validate a mapping (defaults filled in) and build the typed parameters."""
+    params = _typed(raw, source)
+    _check_variants(params, source)
+    return params
+
+
+def _typed(raw: Mapping[str, Any], source: str) -> Params:
     data = fill_defaults(copy.deepcopy(dict(raw)), schema())
+    _check_finite(data, source)
     validate(data, source)
-    for name, changes in data["variants"].items():
-        for key in changes:
-            if key.split(".")[0] in {"grid", "ablation", "variants", "paths", "tracking"}:
-                raise ParamsError(f"{source}: variants.{name}: key {key!r} cannot vary per variant")
-            _check_known_key(key, f"{source}: variants.{name}")
     for dataset in ("pascal", "coco"):
         for shot in data["meta"][dataset]["shot_epochs"]:
             if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
@@ -254,10 +284,83 @@ def from_mapping(raw: Mapping[str, Any], source: str = "params") -> Params:
                 )
     params = _build(Params, data)
     object.__setattr__(params, "raw", data)
-    unknown = sorted(set(params.ablation.variants) - set(params.variants))
-    if unknown:
-        raise ParamsError(f"{source}: ablation.variants names undefined variants: {unknown}")
     return params
+
+
+def _check_finite(node: Any, source: str, key: str = "") -> None:
+    """NaN and infinity pass the schema's bounds (every comparison with NaN is false)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ParamsError(f"{source}: {key}: {node} is not a finite number")
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            _check_finite(value, source, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_finite(value, source, f"{key}[{index}]")
+
+
+def variant_keys() -> list[str]:
+    """The keys a variant may change: what meta-training and evaluation read. Everything else
+    (the base learner, the data, the grid, tracking) is shared with the full model."""
+    keys = [
+        key.format(dataset=dataset)
+        for stage in ("train", "evaluate")
+        for key in STAGE_KEYS[stage]
+        for dataset in ("pascal", "coco")
+    ]
+    return sorted(set(keys))
+
+
+def _check_variants(params: Params, source: str) -> None:
+    """Every variant: a name the workflow and MLflow accept, keys it may change, values the
+    schema accepts, and at least one real change; every ablation run a measurement."""
+    allowed = variant_keys()
+    for name, changes in params.variants.items():
+        where = f"{source}: variants.{name}"
+        if name == "full" or not VARIANT_NAME.fullmatch(name):
+            raise ParamsError(
+                f"{where}: bad variant name (letters, digits and _, starting with a letter; "
+                "'full' is the full model)"
+            )
+        if not isinstance(changes, Mapping) or not changes:
+            raise ParamsError(
+                f"{where}: a variant maps dotted keys to values, e.g. {{model.stages: 2}}"
+            )
+        for key in changes:
+            _check_known_key(key, where)
+            if not any(key == a or key.startswith(a + ".") for a in allowed):
+                raise ParamsError(
+                    f"{where}: key {key!r} cannot vary per variant (the base learner, data, grid "
+                    f"and tracking are shared with the full model); a variant may change: "
+                    + ", ".join(k for k in allowed if "coco" not in k)
+                )
+        if all(_lookup(params.raw, key) == value for key, value in changes.items()):
+            raise ParamsError(
+                f"{where}: sets only values the full model already has, so it would measure "
+                "nothing; change at least one value"
+            )
+        validate(_apply(params.raw, changes, source=where), where)
+    ablation = params.ablation
+    unknown = sorted(set(ablation.all_variants()) - set(params.variants))
+    if unknown:
+        raise ParamsError(f"{source}: ablation names undefined variants: {unknown}")
+    for name, shot in ablation.settings():
+        inert = [KSHOT_ONLY.get(key) for key in params.variants[name]]
+        if shot == 1 and all(inert):
+            raise ParamsError(
+                f"{source}: ablation: variant {name} at 1 shot would measure nothing: "
+                f"{'; '.join(dict.fromkeys(inert))}; list it under ablation.kshot_variants "
+                "(run at ablation.kshot_shots) instead of ablation.variants"
+            )
+
+
+def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def validate(data: Mapping[str, Any], source: str = "params") -> None:

@@ -1,6 +1,6 @@
 """params.yaml for DVC: complete parameter files, the paper preset, and what dvc.yaml needs.
 
-dvc.yaml lists, per stage, the parameter keys of ``hdmnet.pipeline.STAGE_KEYS`` and DVC refuses
+dvc.yaml lists, per stage, the parameter keys of ``hdmnet.identity.STAGE_KEYS`` and DVC refuses
 to run a stage whose keys are missing from params.yaml. The CLI fills missing keys from the
 schema's defaults; DVC cannot, so the params.yaml that DVC tracks must spell out every tracked key.
 
@@ -26,7 +26,7 @@ import yaml
 
 from hdmnet.config import Params, ParamsError, load_params
 from hdmnet.fileio import write_text
-from hdmnet.pipeline import stage_keys
+from hdmnet.identity import stage_keys
 
 SYNTH_STAGE = "synth"
 SYNTH_DEP = "${paths.data}/synth"
@@ -39,7 +39,7 @@ def tracked_keys(params: Params) -> list[str]:
     for dataset in params.grid.datasets:
         for stage in ("train_base", "train", "evaluate"):
             keys += stage_keys(stage, dataset)
-    keys += [f"variants.{name}" for name in params.ablation.variants]
+    keys += [f"variants.{name}" for name in params.ablation.all_variants()]
     return list(dict.fromkeys(keys))
 
 
@@ -60,12 +60,12 @@ def graph_problems(params: Params) -> list[str]:
     """Grids the DVC graph cannot express (the Snakemake graph can).
 
     dvc.yaml downloads and prepares ``grid.datasets`` and trains base learners on the main grid;
-    the ablation grid reuses them, so it must lie inside the main grid. A variant named ``full``
-    would declare the full model's outputs twice, which DVC forbids.
+    the ablation grid reuses them, so it must lie inside the main grid, and each variant is
+    compared with the full model at the same shot.
     """
     grid, ablation = params.grid, params.ablation
     problems = []
-    if not ablation.variants:
+    if not ablation.all_variants():
         return problems
     for axis in ("datasets", "backbones", "folds"):
         outside = [v for v in getattr(ablation, axis) if v not in getattr(grid, axis)]
@@ -74,9 +74,11 @@ def graph_problems(params: Params) -> list[str]:
                 f"ablation.{axis} {outside} not in grid.{axis}: dvc.yaml builds data and base "
                 f"learners for the main grid only; add them to grid.{axis}"
             )
-    if "full" in ablation.variants:
+    shots = sorted({shot for _, shot in ablation.settings()} - set(grid.shots))
+    if shots:
         problems.append(
-            "ablation.variants lists 'full': the full model already runs on the whole grid"
+            f"ablation shots {shots} not in grid.shots: each variant is compared with the full "
+            "model at the same shot; add them to grid.shots"
         )
     return problems
 

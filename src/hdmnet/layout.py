@@ -10,6 +10,8 @@ results/
   base/<dataset>/<backbone>/fold<i>/            base learner (PSPNet) checkpoints and record
   meta/<dataset>/<backbone>/<variant>/fold<i>/shot<k>/   HDMNet checkpoints and record
   metrics/<dataset>/<backbone>/<variant>/fold<i>-shot<k>.json   evaluation records
+  external/<name>/<dataset>/<backbone>/<variant>/fold<i>-shot<k>.json   records of checkpoints
+                            made elsewhere (hdmnet evaluate --checkpoint FILE --name NAME)
   tables/ figures/ report/
 """
 
@@ -113,6 +115,23 @@ def metrics_file(params: Params, run: Run) -> Path:
     )
 
 
+def external_dir(params: Params) -> Path:
+    return results_dir(params) / "external"
+
+
+def external_metrics_file(params: Params, name: str, run: Run) -> Path:
+    """The metrics record of an external checkpoint (``hdmnet evaluate --checkpoint``), kept
+    apart from the pipeline's own records."""
+    return (
+        external_dir(params)
+        / name
+        / run.dataset
+        / run.backbone
+        / run.variant
+        / f"fold{run.fold}-shot{run.shot}.json"
+    )
+
+
 def tables_dir(params: Params) -> Path:
     return results_dir(params) / "tables"
 
@@ -138,15 +157,14 @@ def main_runs(params: Params) -> list[Run]:
 
 
 def ablation_runs(params: Params) -> list[Run]:
-    """Each ablation variant on the ablation part of the grid."""
+    """Each ablation variant on the ablation part of the grid, at the shots it acts at."""
     ab = params.ablation
     return [
         Run(dataset, backbone, variant, fold, shot)
-        for variant in ab.variants
+        for variant, shot in ab.settings()
         for dataset in ab.datasets
         for backbone in ab.backbones
         for fold in ab.folds
-        for shot in ab.shots
     ]
 
 

@@ -105,6 +105,7 @@ def test_a_checkpoint_of_another_setting_is_refused(trained, grid, conflict, cap
 
     checkpoint = trained.meta["checkpoints"]["best"]["path"]
     args = ["evaluate", "--params", str(trained.params_file), *grid, "--checkpoint", checkpoint]
+    args += ["--name", "other"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("hdmnet evaluate: error:") and checkpoint in err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdmnet import layout
+from hdmnet import identity, layout
 from hdmnet.config import Params, load_params
 from hdmnet.data.classes import VOC_CLASSES
 from hdmnet.layout import Run
@@ -127,7 +127,13 @@ def write_grid(params: Params, selection: str = "best_val", training: bool = Tru
     """Metrics records for every run of the grid, and training records when asked."""
     runs = layout.all_runs(params)
     for run in runs:
-        write_record(layout.metrics_file(params, run), metrics_record(run, selection))
+        # On disk, each record carries the identity the parameters give its cell, as the
+        # pipeline's own records do (the tables refuse any other).
+        record = {
+            **metrics_record(run, selection),
+            "config_digest": identity.evaluation(params, run),
+        }
+        write_record(layout.metrics_file(params, run), record)
         if training:
             ident = {
                 "dataset": run.dataset,
@@ -137,12 +143,15 @@ def write_grid(params: Params, selection: str = "best_val", training: bool = Tru
                 "variant": run.variant,
             }
             path = layout.meta_dir(params, run) / "record.json"
-            write_record(path, train_record(TRAIN_KIND, ident))
+            record = train_record(TRAIN_KIND, ident)
+            write_record(path, {**record, "config_digest": identity.meta_learner(params, run)})
     if training:
         for dataset, backbone, fold in layout.base_learners(params):
             ident = {"dataset": dataset, "backbone": backbone, "fold": fold}
             path = layout.base_dir(params, dataset, backbone, fold) / "record.json"
-            write_record(path, train_record(BASE_KIND, ident, epochs=4))
+            record = train_record(BASE_KIND, ident, epochs=4)
+            job = identity.base_learner(params, dataset, backbone, fold)
+            write_record(path, {**record, "config_digest": job})
     return runs
 
 

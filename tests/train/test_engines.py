@@ -169,26 +169,30 @@ def test_training_loss_falls_and_the_record_says_what_ran(trained, which):
     assert len(record["git"]["git_commit"]) == 40 and record["hardware"]["device"] == "cpu"
     if which == "meta":
         base = trained.base["checkpoints"]["best"]
-        assert record["base_checkpoint"] == {"path": base["path"], "sha256": base["sha256"]}
+        assert record["base_checkpoint"] == {
+            "path": base["path"],
+            "sha256": base["sha256"],
+            "identity": trained.base["config_digest"],
+        }
         assert best_ckpt["meta"]["shot"] == 1 and best_ckpt["meta"]["variant"] == "full"
 
 
 def test_trained_model_beats_an_untrained_one_on_novel_classes(trained, tmp_path):
     """A random meta learner on the same base learner, on the same test episodes."""
-    from hdmnet.evaluate.evaluator import evaluate
+    from hdmnet.evaluate.evaluator import External, evaluate
     from hdmnet.model import load_checkpoint, save_checkpoint
-    from hdmnet.train.common import base_identity, build_meta_model, meta_identity
+    from hdmnet.train.common import base_cell, build_meta_model, meta_cell
 
     params = trained.params.with_overrides([f"paths.results={tmp_path}", "tracking.enabled=false"])
     torch.manual_seed(0)
     model = build_meta_model(params, RUN)
     base_path = trained.base["checkpoints"]["best"]["path"]
-    load_checkpoint(base_path, model, expected=base_identity(params, "pascal", "small", 0))
+    load_checkpoint(base_path, model, expected=base_cell("pascal", "small", 0))
     untrained = tmp_path / "untrained.pth"
-    meta = {**meta_identity(RUN), "config": params.to_dict(), "selection": "untrained"}
+    meta = {**meta_cell(RUN), "config": params.to_dict(), "selection": "untrained"}
     save_checkpoint(untrained, model, meta, epoch=None)
 
-    record = evaluate(params, RUN, checkpoint=untrained)
+    record = evaluate(params, RUN, External("untrained", untrained))
     ours = trained.metrics
     assert record["checkpoint"]["selection"] == "untrained"
     assert (record["seeds"], record["episodes_per_seed"]) == (ours["seeds"], 60)

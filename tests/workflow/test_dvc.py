@@ -27,7 +27,7 @@ import yaml
 
 from hdmnet import dvc_params
 from hdmnet.config import ParamsError, load_params
-from hdmnet.pipeline import stage_keys
+from hdmnet.identity import stage_keys
 
 # DVC 3.67 itself trips over a pygtrie deprecation on every graph build.
 pytestmark = pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")
@@ -42,8 +42,10 @@ RULE_OF = {
     "train_base": "train_base",
     "train": "train",
     "train_variant": "train",
+    "train_kshot_variant": "train",
     "evaluate": "evaluate",
     "evaluate_variant": "evaluate",
+    "evaluate_kshot_variant": "evaluate",
     "aggregate": "aggregate",
     "report": "report",
 }
@@ -281,8 +283,10 @@ def test_paper_graph_has_no_generator(graphs):
     assert not any(s.group == "synth" for s in stages)
     assert not any(d.endswith("/synth") for s in stages for d in s.deps)
     counts = Counter(s.group for s in stages)
-    assert counts["train"] == 32 and counts["train_variant"] == 28
-    assert counts["train_base"] == 16 and counts["evaluate"] + counts["evaluate_variant"] == 60
+    assert counts["train"] == 32 and counts["train_variant"] + counts["train_kshot_variant"] == 28
+    assert counts["train_kshot_variant"] == 4  # fixed_quirks at 5 shots on 4 folds
+    evaluations = ("evaluate", "evaluate_variant", "evaluate_kshot_variant")
+    assert counts["train_base"] == 16 and sum(counts[s] for s in evaluations) == 60
 
 
 def test_metrics_plots_and_caching(graphs):
@@ -376,13 +380,12 @@ def test_write_paper_preset(tmp_path, capsys):
 def test_grids_dvc_cannot_express_are_refused(tmp_path):
     raw = yaml.safe_load(PRESETS["default"].read_text())
     raw["ablation"]["backbones"] = ["resnet50"]
-    raw["ablation"]["variants"] = ["full", *raw["ablation"]["variants"]]
-    raw["variants"]["full"] = {}
+    raw["ablation"]["kshot_shots"] = [3]
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     problems = dvc_params.graph_problems(load_params(tmp_path / "p.yaml"))
     assert len(problems) == 2
     assert "ablation.backbones ['resnet50'] not in grid.backbones" in problems[0]
-    assert "'full'" in problems[1]
+    assert "ablation shots [3] not in grid.shots" in problems[1]
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     with pytest.raises(ParamsError, match=re.escape("not in grid.backbones")):
         dvc_params.write(tmp_path / "p.yaml", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
@@ -396,6 +399,7 @@ REDUCED = {
     "grid.folds": [0],
     "grid.shots": [1],
     "ablation.variants": ["stages_1"],
+    "ablation.kshot_variants": [],
     "base.pascal.epochs": 1,
     "meta.pascal.epochs": 2,
     "meta.pascal.val_episodes": 20,
@@ -431,7 +435,10 @@ def test_dvc_repro_and_experiments_end_to_end(tmp_path):
     dvc = (sys.executable, "-m", "dvc")
 
     everything = {s for s in ran(run(root, *dvc, "repro"))}
-    assert {s.split("@")[0] for s in everything} == set(RULE_OF)
+    assert {s.split("@")[0] for s in everything} == set(RULE_OF) - {
+        "train_kshot_variant",
+        "evaluate_kshot_variant",
+    }
     assert "Data and pipelines are up to date" in run(root, *dvc, "status")
     started = time.perf_counter()
     assert ran(run(root, *dvc, "repro")) == set()

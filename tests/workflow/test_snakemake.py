@@ -94,13 +94,14 @@ def default_sizes() -> dict[str, int]:
     grid, ablation = raw["grid"], raw["ablation"]
     main = len(grid["datasets"]) * len(grid["backbones"]) * len(grid["folds"]) * len(grid["shots"])
     cells = len(ablation["datasets"]) * len(ablation["backbones"]) * len(ablation["folds"])
-    cells *= len(ablation["shots"])
+    settings = len(ablation["variants"]) * len(ablation["shots"])
+    settings += len(ablation["kshot_variants"]) * len(ablation["kshot_shots"])
     base = len(grid["datasets"]) * len(grid["backbones"]) * len(grid["folds"])
     return {
         "datasets": len(grid["datasets"]),
         "main": main,
-        "cells": cells,  # ablation runs per variant
-        "variants": cells * len(ablation["variants"]),
+        "cells": cells * len(ablation["shots"]),  # ablation runs of a 1-shot variant
+        "variants": cells * settings,
         "base": base,
     }
 
@@ -191,7 +192,11 @@ def test_paper_preset_lists_the_full_grid(paper_jobs):
         for j in paper_jobs
         if j.rule == "train" and j.get("variant") != "full"
     }
-    assert ablation == set(product(VARIANTS, ["coco"], ["resnet50"], "0123", "1"))
+    # fixed_quirks acts only with several supports: it runs at 5 shots, the others at 1.
+    one_shot = [v for v in VARIANTS if v != "fixed_quirks"]
+    assert ablation == set(product(one_shot, ["coco"], ["resnet50"], "0123", "1")) | set(
+        product(["fixed_quirks"], ["coco"], ["resnet50"], "0123", "5")
+    )
     base = {
         (j.get("dataset"), j.get("backbone"), j.get("fold"))
         for j in paper_jobs
@@ -222,7 +227,7 @@ def test_default_preset_jobs(default_jobs):
 def test_every_job_calls_the_cli_with_its_wildcards(default_jobs):
     for job in default_jobs:
         assert job.shell.startswith("hdmnet "), job
-        assert "--params .snakemake/hdmnet-params.yaml" in job.shell
+        assert '--params "$HDMNET_RESOLVED_PARAMS"' in job.shell
         for key, value in job.wildcards:
             assert f"{value}" in job.shell, (job.rule, key, job.shell)
 
@@ -245,8 +250,17 @@ EDITS: dict[str, dict[str, object]] = {
     "shot_epochs": {"meta.pascal.shot_epochs": {5: 97}},
     "base": {"base.pascal.epochs": 97},
     "evaluation": {"meta.pascal.test_episodes": 13},
-    # Settings that change no result: feature-cache budget, MLflow experiment, loader workers.
-    "no_result": {"eval.cache_mb": 7, "tracking.experiment": "elsewhere", "train.workers": 3},
+    # Settings that change no result: feature-cache budget, MLflow experiment, loader workers,
+    # threads, GPUs, data workers, where the archives come from.
+    "no_result": {
+        "eval.cache_mb": 7,
+        "tracking.experiment": "elsewhere",
+        "train.workers": 3,
+        "train.threads": 2,
+        "train.gpus": 0,
+        "data.workers": 1,
+        "data.mirror": "https://mirror.example.org/hdmnet",
+    },
 }
 
 
@@ -287,11 +301,11 @@ def test_meta_change_retrains_every_meta_learner_but_no_base_learner(reruns):
 def test_epochs_of_one_shot_count_retrain_only_its_jobs(reruns):
     jobs = reruns["shot_epochs"]
     raw, n = yaml.safe_load((ROOT / "params.yaml").read_text()), default_sizes()
-    five_shot = sum(
-        n[part] // len(raw[block]["shots"])
-        for part, block in (("main", "grid"), ("variants", "ablation"))
-        if 5 in raw[block]["shots"]
-    )
+    grid, ablation = raw["grid"], raw["ablation"]
+    cells = n["cells"] // len(ablation["shots"])  # ablation datasets x backbones x folds
+    five_shot = n["main"] // len(grid["shots"]) * (5 in grid["shots"])
+    five_shot += cells * len(ablation["variants"]) * (5 in ablation["shots"])
+    five_shot += cells * len(ablation["kshot_variants"]) * (5 in ablation["kshot_shots"])
     assert rules(jobs) == {"train": five_shot, "evaluate": five_shot, "aggregate": 1, "report": 1}
     assert {j.get("shot") for j in jobs if j.rule in ("train", "evaluate")} == {"5"}
 

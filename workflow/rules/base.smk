@@ -18,7 +18,9 @@ rule train_base:
         gpu=gpus_per_job(),
         tasks=1,
     params:
-        digest=lambda w: pipeline.digest(PARAMS, "train_base", w.dataset),
+        identity=lambda w: identity.base_learner(
+            PARAMS, w.dataset, w.backbone, int(w.fold)
+        ),
     shell:
         HDMNET.format(cmd="train-base")
         + " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"

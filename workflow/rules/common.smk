@@ -1,22 +1,24 @@
 # Shared definitions: the typed parameters, the resolved parameter file every job reads, and
-# input functions. Paths come from hdmnet.layout, job digests from hdmnet.pipeline.
-from pathlib import Path
+# input functions. Paths come from hdmnet.layout, job identities from hdmnet.identity.
+import os
 
-from hdmnet import layout, pipeline
+from hdmnet import identity, layout, pipeline
 from hdmnet.config import from_mapping
-from hdmnet.fileio import write_text
-import yaml
 
 PARAMS = from_mapping(config, source="snakemake config")
-# Jobs read the merged configuration (params.yaml + --configfile + --config) from one fixed
-# path, rewritten only when it changes; the path never changes, so it triggers no rerun.
-RESOLVED = Path(".snakemake/hdmnet-params.yaml")
-_text = yaml.safe_dump(PARAMS.to_dict(), sort_keys=True)
-if not RESOLVED.exists() or RESOLVED.read_text() != _text:
-    write_text(RESOLVED, _text)
-HDMNET = f"hdmnet {{cmd}} --params {RESOLVED}"
+# Jobs read the merged configuration (params.yaml + --configfile + --config) from a file named
+# by its content's digest, written by `onstart` (a real run, under Snakemake's lock), never at
+# parse time or by a dry run. Shell commands read its name from the environment (every
+# Snakemake process sets it, cluster jobs included), so the rules' code does not change with
+# it: reruns follow the job identities only.
+os.environ[pipeline.RESOLVED_ENV] = str(pipeline.resolved_params_file(PARAMS))
+HDMNET = f'hdmnet {{cmd}} --params "${pipeline.RESOLVED_ENV}"'
 DATA = layout.data_dir(PARAMS)
 RESULTS = layout.results_dir(PARAMS)
+
+
+onstart:
+    pipeline.write_resolved_params(PARAMS)
 
 
 wildcard_constraints:

@@ -14,7 +14,7 @@ if PARAMS.data.source == "synthetic":
             mem_mb=2000,
             runtime=10,
         params:
-            digest=pipeline.digest(PARAMS, "synth"),
+            identity=identity.synth(PARAMS),
         shell:
             HDMNET.format(cmd="synth") + " > {log} 2>&1"
 
@@ -32,7 +32,7 @@ rule download:
         mem_mb=2000,
         runtime=600,
     params:
-        digest=pipeline.digest(PARAMS, "download"),
+        identity=lambda w: identity.download(PARAMS, w.dataset),
     shell:
         HDMNET.format(cmd="download") + " --dataset {wildcards.dataset} > {log} 2>&1"
 
@@ -51,6 +51,6 @@ rule prepare:
         mem_mb=8000,
         runtime=240,
     params:
-        digest=lambda w: pipeline.digest(PARAMS, "prepare", w.dataset),
+        identity=lambda w: identity.prepare(PARAMS, w.dataset),
     shell:
         HDMNET.format(cmd="prepare") + " {wildcards.dataset} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule evaluate:
         gpu=min(1, gpus_per_job()),
         tasks=1,
     params:
-        digest=lambda w: pipeline.run_digest(PARAMS, run_of(w), "evaluate"),
+        identity=lambda w: identity.evaluation(PARAMS, run_of(w)),
     shell:
         HDMNET.format(cmd="evaluate")
         + " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"

@@ -24,7 +24,7 @@ rule train:
         gpu=gpus_per_job(),
         tasks=1,
     params:
-        digest=lambda w: pipeline.run_digest(PARAMS, run_of(w), "train"),
+        identity=lambda w: identity.meta_learner(PARAMS, run_of(w)),
     shell:
         HDMNET.format(cmd="train")
         + " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"

@@ -8,13 +8,14 @@ standard deviation, per-class IoU, the episode count, the checkpoint's hash and 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hdmnet import layout
-from hdmnet.config import Params
+from hdmnet import identity, layout
+from hdmnet.config import VARIANT_NAME, Params
 from hdmnet.data.classes import COCO_CATEGORIES, VOC_CLASSES
 from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import FewShotMeter
@@ -27,16 +28,42 @@ from hdmnet.train.common import (
     build_meta_model,
     data_hash,
     dataset_root,
+    ensure_writable,
     file_hash,
     fold_folder,
-    meta_identity,
+    meta_cell,
     provenance,
+    require_identity,
     scheme,
     set_threads,
 )
 from hdmnet.train.distributed import init_distributed
 
 log = logging.getLogger("hdmnet.evaluate")
+
+
+@dataclass(frozen=True)
+class External:
+    """A checkpoint made outside the pipeline (official HDMNet, another run) and the name its
+    records and table rows carry."""
+
+    name: str
+    checkpoint: Path
+
+
+def check_external_name(name: str) -> None:
+    if name == "full" or not VARIANT_NAME.fullmatch(name):
+        raise StageError(
+            f"external name {name!r}: use letters, digits and _, starting with a letter "
+            "(it names a results folder and the table rows)"
+        )
+
+
+def train_command(run: Run) -> str:
+    return (
+        f"hdmnet train --dataset {run.dataset} --backbone {run.backbone} --fold {run.fold} "
+        f"--shot {run.shot} --variant {run.variant}"
+    )
 
 
 def class_names(dataset: str) -> dict[int, str]:
@@ -72,34 +99,54 @@ def summarise(
 def evaluate(
     params: Params,
     run: Run,
-    checkpoint: Path | None = None,
+    external: External | None = None,
     cache_mb: int | None = None,
     batch_size: int = 16,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """Run the protocol for ``run`` and write its metrics record; returns the record.
 
-    ``cache_mb`` (default ``eval.cache_mb``) bounds the feature cache, 0 disables reuse;
-    ``batch_size`` episodes are decoded together (1: one at a time, as the official test loop).
+    Without ``external`` the pipeline's own checkpoint of ``run`` is tested (it must have been
+    trained with the current parameters) and the record goes to ``layout.metrics_file``; an
+    external checkpoint's record goes to its own place (``layout.external_metrics_file``) and
+    never overwrites the pipeline's. ``cache_mb`` (default ``eval.cache_mb``) bounds the
+    feature cache, 0 disables reuse; ``batch_size`` episodes are decoded together (1: one at a
+    time, as the official test loop); ``out`` overrides where the record is written.
     """
     variant_params = params.for_variant(run.variant)
     schedule = getattr(variant_params.meta, run.dataset)
+    if external is None:
+        path = layout.meta_checkpoint(variant_params, run)
+        target = out or layout.metrics_file(params, run)
+    else:
+        check_external_name(external.name)
+        path = external.checkpoint
+        target = out or layout.external_metrics_file(params, external.name, run)
+    ensure_writable(target.parent)
     set_threads(params)
     info = init_distributed()
     model = build_meta_model(variant_params, run).to(info.device)
-    path = Path(checkpoint) if checkpoint else layout.meta_checkpoint(variant_params, run)
     if not path.exists():
         raise StageError(
             f"checkpoint {path} not found: train it first (hdmnet train --dataset {run.dataset} "
             f"--backbone {run.backbone} --fold {run.fold} --shot {run.shot} "
             f"--variant {run.variant})"
         )
-    expected = meta_identity(run)
-    if checkpoint is not None:
+    expected = meta_cell(run)
+    if external is not None:
         expected.pop("variant")  # an official or external checkpoint names no variant
     try:
         loaded = load_checkpoint(path, model, expected=expected)
     except CheckpointError as error:
         raise StageError(str(error)) from None
+    sha256 = file_hash(path)
+    if external is None:
+        require_identity(
+            path, loaded["meta"], identity.meta_learner(params, run), train_command(run)
+        )
+        job = identity.evaluation(params, run)
+    else:
+        job = identity.external_evaluation(params, run, sha256)
     model.eval()
 
     root = dataset_root(params, run.dataset)
@@ -131,10 +178,12 @@ def evaluate(
             base_classes=(run.dataset, run.fold, scheme(params, run.dataset)),
             desc=f"evaluate {run.name}",
         )
-        record = _record(variant_params, run, path, loaded, result, fold_dir, info.device)
+        record = _record(variant_params, run, path, sha256, loaded, result, fold_dir, info.device)
+        record["config_digest"] = job
+        if external is not None:
+            record["external"] = {"name": external.name, "path": str(path), "sha256": sha256}
         record["mlflow_run_id"] = tracker.run_id
-        out = layout.metrics_file(params, run)
-        write_record(out, record)
+        write_record(target, record)
         for name in OUTPUTS:
             tracker.log_metrics(
                 {
@@ -145,7 +194,7 @@ def evaluate(
             for entry in record["outputs"][name]["per_seed"]:
                 tracker.log_metrics({f"{name}_miou_seed": entry["miou"]}, step=entry["seed"])
         tracker.log_metrics({"base_class_miou": record["outputs"]["base"]["miou"]})
-        tracker.log_artifact(out)
+        tracker.log_artifact(target)
     log.info(
         "%s: mIoU %.2f (meta %.2f), FB-IoU %.2f over %d seeds x %d episodes in %.1f s",
         run.name,
@@ -163,6 +212,7 @@ def _record(
     params: Params,
     run: Run,
     path: Path,
+    sha256: str,
     loaded: dict[str, Any],
     result: ProtocolResult,
     fold_dir: Path,
@@ -198,12 +248,12 @@ def _record(
         "annotation": params.eval.support_annotation,
         "checkpoint": {
             "path": str(path),
-            "sha256": file_hash(path),
+            "sha256": sha256,
             "selection": meta.get("selection", "external"),
             "epoch": loaded.get("epoch"),
+            "identity": meta.get("identity"),
         },
         "config": params.to_dict(),
-        "config_digest": params.digest(),
         "data_hash": data_hash(fold_dir),
         "timing": {
             "seconds": result.seconds,

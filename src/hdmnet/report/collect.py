@@ -2,8 +2,14 @@
 
 Metrics records are required: a table with a silently missing cell would misreport the grid, so
 a missing one is an error naming the file and the command that makes it. Training records are
-optional (an official checkpoint evaluated with ``--checkpoint`` has none); the report says which
-ones are absent.
+optional (a base learner imported from elsewhere may have none); the report says which ones are
+absent.
+
+Every record must be the one the current parameters produce: its ``config_digest`` is compared
+with the job identity (``hdmnet.identity``) of its cell, and a record made under other
+parameters (stale, or copied from another project) is refused with the list of such files, so a
+table never mixes parameter sets. Records of external checkpoints (``hdmnet evaluate
+--checkpoint``) are found in their own folder; a stale one is left out with a note.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdmnet import layout
+from hdmnet import identity, layout
 from hdmnet.config import Params
 from hdmnet.layout import Run
 from hdmnet.records import BASE_KIND, TRAIN_KIND, RecordError, read_metrics, read_record
@@ -23,11 +29,17 @@ LIST_MISSING = 8
 
 @dataclass(frozen=True)
 class Metrics:
-    """One evaluation: the run, where its record lives and the record itself."""
+    """One evaluation: the run, where its record lives and the record itself; ``external``
+    names the checkpoint for records of checkpoints made outside the pipeline."""
 
     run: Run
     path: Path
     record: dict[str, Any]
+    external: str | None = None
+
+
+class StaleRecordError(RecordError):
+    """Records that the current parameters did not produce (the message lists them)."""
 
 
 def evaluate_command(run: Run) -> str:
@@ -46,23 +58,65 @@ def load_metrics(params: Params, runs: list[Run] | None = None) -> dict[Run, Met
     runs = layout.all_runs(params) if runs is None else runs
     found: dict[Run, Metrics] = {}
     missing: list[str] = []
+    stale: list[str] = []
     for run in runs:
         path = layout.metrics_file(params, run)
         if not path.exists():
             missing.append(f"{path} (made by: {evaluate_command(run)})")
             continue
         record = read_metrics(path)
-        _check_identity(path, record, run)
+        _check_place(path, record, run)
+        if record.get("config_digest") != identity.evaluation(params, run):
+            stale.append(f"{path} (remade by: {evaluate_command(run)}, after its training)")
         found[run] = Metrics(run, path, record)
     if missing:
-        shown = missing[:LIST_MISSING]
-        more = len(missing) - len(shown)
-        lines = "\n  ".join(shown + ([f"... and {more} more"] if more else []))
-        raise RecordError(f"{len(missing)} metrics record(s) missing:\n  {lines}")
+        raise RecordError(f"{len(missing)} metrics record(s) missing:\n  {_listing(missing)}")
+    _refuse_stale(stale, "metrics")
     return found
 
 
-def _check_identity(path: Path, record: dict[str, Any], run: Run) -> None:
+def load_external(params: Params) -> tuple[list[Metrics], list[str]]:
+    """Records of external checkpoints on the grid's datasets and backbones, and a note for
+    each one left out because the current protocol settings did not produce it."""
+    found: list[Metrics] = []
+    notes: list[str] = []
+    root = layout.external_dir(params)
+    for path in sorted(root.glob("*/*/*/*/fold*-shot*.json")):
+        record = read_metrics(path)
+        run = Run(
+            record["dataset"], record["backbone"], record["variant"], record["fold"], record["shot"]
+        )
+        name = path.relative_to(root).parts[0]
+        _check_place(path, record, run)
+        if path != layout.external_metrics_file(params, name, run):
+            raise RecordError(f"{path}: not where a record of external checkpoint {name} goes")
+        sha256 = record["checkpoint"]["sha256"]
+        if record.get("config_digest") != identity.external_evaluation(params, run, sha256):
+            notes.append(
+                f"{path} left out: made with other evaluation settings than the current ones "
+                "(evaluate the checkpoint again)"
+            )
+            continue
+        found.append(Metrics(run, path, record, external=name))
+    return found, notes
+
+
+def _refuse_stale(stale: list[str], kind: str) -> None:
+    if stale:
+        raise StaleRecordError(
+            f"{len(stale)} {kind} record(s) were made with other parameters than the current "
+            f"ones, and a table never mixes parameter sets:\n  {_listing(stale)}\n"
+            "Rerun the pipeline (hdmnet demo, or snakemake): it remakes exactly these."
+        )
+
+
+def _listing(lines: list[str]) -> str:
+    shown = lines[:LIST_MISSING]
+    more = len(lines) - len(shown)
+    return "\n  ".join(shown + ([f"... and {more} more"] if more else []))
+
+
+def _check_place(path: Path, record: dict[str, Any], run: Run) -> None:
     # A record copied to the wrong place would put its numbers in another cell of the table.
     for key in ("dataset", "backbone", "variant", "fold", "shot"):
         if record[key] != getattr(run, key):
@@ -81,16 +135,37 @@ def base_record_path(params: Params, dataset: str, backbone: str, fold: int) -> 
 
 def load_training(params: Params, runs: list[Run]) -> dict[Run, dict[str, Any] | None]:
     """The meta-learner training record of each run, None where there is none."""
-    return {run: _optional(train_record_path(params, run), TRAIN_KIND) for run in runs}
+    stale: list[str] = []
+    records = {
+        run: _optional(
+            train_record_path(params, run), TRAIN_KIND, identity.meta_learner(params, run), stale
+        )
+        for run in runs
+    }
+    _refuse_stale(stale, "training")
+    return records
 
 
 def load_base_training(
     params: Params, learners: list[tuple[str, str, int]]
 ) -> dict[tuple[str, str, int], dict[str, Any] | None]:
     """The base-learner training record of each (dataset, backbone, fold), None where absent."""
-    return {key: _optional(base_record_path(params, *key), BASE_KIND) for key in learners}
+    stale: list[str] = []
+    records = {
+        key: _optional(
+            base_record_path(params, *key), BASE_KIND, identity.base_learner(params, *key), stale
+        )
+        for key in learners
+    }
+    _refuse_stale(stale, "base-learner training")
+    return records
 
 
-def _optional(path: Path, kind: str) -> dict[str, Any] | None:
+def _optional(path: Path, kind: str, expected: str, stale: list[str]) -> dict[str, Any] | None:
     # Only absence is tolerated: a present but broken record raises (read_record names it).
-    return read_record(path, kind) if path.exists() else None
+    if not path.exists():
+        return None
+    record = read_record(path, kind)
+    if record.get("config_digest") != expected:
+        stale.append(str(path))
+    return record

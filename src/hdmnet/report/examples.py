@@ -20,7 +20,7 @@ from hdmnet.evaluate.protocol import EpisodeRunner
 from hdmnet.layout import Run
 from hdmnet.model import load_checkpoint
 from hdmnet.report.figures import EpisodeView
-from hdmnet.train.common import build_meta_model, dataset_root, fold_folder, meta_identity
+from hdmnet.train.common import build_meta_model, dataset_root, fold_folder, meta_cell
 
 
 def episode_views(params: Params, run: Run, count: int) -> list[EpisodeView]:
@@ -28,7 +28,7 @@ def episode_views(params: Params, run: Run, count: int) -> list[EpisodeView]:
     variant_params = params.for_variant(run.variant)
     schedule = getattr(variant_params.meta, run.dataset)
     model = build_meta_model(variant_params, run)
-    load_checkpoint(layout.meta_checkpoint(variant_params, run), model, meta_identity(run))
+    load_checkpoint(layout.meta_checkpoint(variant_params, run), model, meta_cell(run))
     root = dataset_root(params, run.dataset)
     runner = EpisodeRunner(
         model,

@@ -7,28 +7,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from hdmnet import layout
+from hdmnet import identity, layout
 from hdmnet.config import Params
 from hdmnet.data.episodes import BaseDataset, collate
 from hdmnet.data.folds import base_label_map
 from hdmnet.data.lists import load_fold_lists, read_list
 from hdmnet.data.transforms import EvalTransform, TrainTransform
+from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import SemanticMeter, upsample_to_label
-from hdmnet.model import PSPNet, save_checkpoint
+from hdmnet.model import CheckpointError, PSPNet, load_checkpoint, save_checkpoint
 from hdmnet.model.optim import build_pspnet_optimizer
-from hdmnet.records import BASE_KIND
+from hdmnet.records import BASE_KIND, write_record
 from hdmnet.tracking import Tracker
 from hdmnet.train.common import (
-    base_identity,
+    base_cell,
     build_base_model,
     data_hash,
     dataset_root,
+    ensure_writable,
+    file_hash,
     fold_folder,
+    provenance,
     scheme,
     set_threads,
 )
@@ -52,7 +57,7 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
     info = init_distributed()
     seed_everything(params.train.seed)
     schedule = getattr(params.base, dataset)
-    out = layout.base_dir(params, dataset, backbone, fold)
+    out = ensure_writable(layout.base_dir(params, dataset, backbone, fold))
     root = dataset_root(params, dataset)
     fold_dir = fold_folder(params, dataset, fold)
     lists = load_fold_lists(fold_dir)
@@ -88,11 +93,9 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
         weight_decay=schedule.weight_decay,
     )
     net = _wrap(model, info)
-    identity = {
-        **base_identity(params, dataset, backbone, fold),
-        "config_digest": params.digest("base", "model", "train", "data"),
-    }
-    checkpoint_meta = {**base_identity(params, dataset, backbone, fold), "config": params.to_dict()}
+    job = identity.base_learner(params, dataset, backbone, fold)
+    cell = base_cell(dataset, backbone, fold)
+    checkpoint_meta = {**cell, "identity": job, "config": params.to_dict()}
 
     def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
         logits = net(batch_["image"].to(info.device))
@@ -106,10 +109,6 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
 
     def validate() -> float:
         return 100 * validation(model).miou()
-
-    def on_best(epoch: int, metric: float) -> None:
-        meta = {**checkpoint_meta, "selection": "best_val", "val_miou": metric}
-        save_checkpoint(out / "best.pth", model, meta, epoch=epoch)
 
     tags = {
         "dataset": dataset,
@@ -131,18 +130,17 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
             base_lr=schedule.lr,
             step=step,
             validate=validate,
-            on_best=on_best,
             state_path=out / "state.pth",
-            identity=identity,
+            identity={**cell, "identity": job},
             tracker=tracker,
             info=info,
             desc=run_name,
         )
-        history = fit(loop)
+        history, best = fit(loop)
         record = conclude(
             loop,
             history,
-            model,
+            best,
             checkpoint_meta,
             {
                 "kind": BASE_KIND,
@@ -159,6 +157,49 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
             started,
         )
     cleanup(info)
+    return record
+
+
+def import_base_learner(
+    params: Params, dataset: str, backbone: str, fold: int, source: Path
+) -> dict[str, Any]:
+    """Install a PSPNet base learner made elsewhere (BAM's release, another run of ours) as
+    the base learner of (dataset, backbone, fold), with a training record that marks it as
+    imported. It carries the current base-learner identity, so the workflow uses it instead of
+    training one for as long as the base-learner parameters stay as they are."""
+    out = ensure_writable(layout.base_dir(params, dataset, backbone, fold))
+    model = build_base_model(params, dataset, backbone, fold)
+    cell = base_cell(dataset, backbone, fold)
+    try:
+        loaded = load_checkpoint(source, model, expected=cell)
+    except CheckpointError as error:
+        raise StageError(str(error)) from None
+    job = identity.base_learner(params, dataset, backbone, fold)
+    imported = {"path": str(source.resolve()), "sha256": file_hash(source)}
+    meta = {**cell, "identity": job, "imported": imported, "config": params.to_dict()}
+    best = save_checkpoint(
+        out / "best.pth", model, {**meta, "selection": "imported"}, epoch=loaded.get("epoch")
+    )
+    # A resume state left by an earlier training of this fold did not lead to this file.
+    (out / "state.pth").unlink(missing_ok=True)
+    record = {
+        "kind": BASE_KIND,
+        "dataset": dataset,
+        "backbone": backbone,
+        "fold": fold,
+        "selection": "imported",
+        "imported": imported,
+        "epochs": [],
+        "best_epoch": loaded.get("epoch"),
+        "best_val_miou": None,
+        "checkpoints": {"best": {"path": str(best), "sha256": file_hash(best)}},
+        "config": params.to_dict(),
+        "config_digest": job,
+        "seconds": 0.0,
+        "mlflow_run_id": None,
+        **provenance(params, torch.device("cpu")),
+    }
+    write_record(out / "record.json", record)
     return record
 
 
@@ -235,4 +276,4 @@ def _wrap(model: torch.nn.Module, info: Any) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-__all__ = ["BaseValidation", "train_base"]
+__all__ = ["BaseValidation", "import_base_learner", "train_base"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,13 @@ def build_meta_model(params: Params, run: Run) -> HDMNet:
     return model
 
 
-def base_identity(params: Params, dataset: str, backbone: str, fold: int) -> dict[str, Any]:
+def base_cell(dataset: str, backbone: str, fold: int) -> dict[str, Any]:
     """What a base-learner checkpoint must say about itself to be used for this fold."""
     return {"kind": "pspnet", "dataset": dataset, "backbone": backbone, "fold": fold}
 
 
-def meta_identity(run: Run) -> dict[str, Any]:
+def meta_cell(run: Run) -> dict[str, Any]:
+    """What a meta-learner checkpoint must say about itself to be tested as ``run``."""
     return {
         "kind": "hdmnet",
         "dataset": run.dataset,
@@ -85,6 +87,41 @@ def meta_identity(run: Run) -> dict[str, Any]:
         "shot": run.shot,
         "variant": run.variant,
     }
+
+
+def require_identity(path: Path, meta: dict[str, Any], expected: str, remake: str) -> None:
+    """Refuse a pipeline checkpoint that the current parameters did not produce.
+
+    ``meta`` is the checkpoint's metadata, ``expected`` the job identity the current parameters
+    give, ``remake`` the command that makes the right one.
+    """
+    found = meta.get("identity")
+    if found != expected:
+        made = f"identity {found}" if found else "no identity: not made by this pipeline"
+        raise StageError(
+            f"{path} was not made with the current parameters ({made}; they give {expected}): "
+            f"make it again ({remake}); a base learner from elsewhere goes in with "
+            "hdmnet import-base"
+        )
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Check that files can be written in ``folder`` (or where it will be created), before any
+    long work; nothing is left behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(existing))
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise StageError(
+            f"{folder}: cannot write results there ({error.strerror or error}); fix its "
+            "permissions or point paths.results elsewhere"
+        ) from None
+    return folder
 
 
 def dataset_root(params: Params, dataset: str) -> Path:
@@ -127,11 +164,8 @@ def checkpoint_hashes(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def provenance(params: Params, device: torch.device) -> dict[str, Any]:
-    git = git_state()
-    # Records hold a real boolean (None when unknown); MLflow tags keep the strings.
-    dirty = {"true": True, "false": False}.get(git["git_dirty"])
     return {
-        "git": {"git_commit": git["git_commit"], "git_dirty": dirty},
+        "git": git_state(),
         "hardware": {
             "hostname": platform.node(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

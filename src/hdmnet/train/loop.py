@@ -3,7 +3,9 @@ validation with best-checkpoint selection, and a resumable state written every e
 
 A run killed at any point and restarted with the same command resumes from the last complete
 epoch with every random generator restored; each epoch's data order depends only on
-(seed, epoch), so on CPU the result equals that of an uninterrupted run.
+(seed, epoch), so on CPU the result equals that of an uninterrupted run. The best epoch's weights
+are kept in the state and ``best.pth`` is written with ``last.pth`` at the end, so a kill at any
+point (and an orchestrator deleting the failed job's outputs) never loses the best model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from hdmnet.config import Params
+from hdmnet.errors import StageError
 from hdmnet.model import save_checkpoint
 from hdmnet.model.optim import set_poly_lr
 from hdmnet.progress import progress
@@ -26,7 +29,16 @@ from hdmnet.records import write_record
 from hdmnet.tracking import Tracker
 from hdmnet.train.common import checkpoint_hashes, provenance
 from hdmnet.train.distributed import DistInfo, EpochSampler, barrier
-from hdmnet.train.state import History, Position, load_state, save_state
+from hdmnet.train.state import (
+    History,
+    Position,
+    Resumed,
+    ResumeStateError,
+    load_state,
+    save_state,
+    set_aside,
+    unwrap,
+)
 
 log = logging.getLogger("hdmnet.train")
 
@@ -36,8 +48,8 @@ StepFn = Callable[[dict[str, Any]], tuple[float, dict[str, float]]]
 @dataclass
 class Loop:
     """Everything the epoch loop needs; ``step`` trains on one batch and returns its loss
-    (and named parts), ``validate`` returns the validation mIoU (%), ``on_best`` saves the
-    best checkpoint."""
+    (and named parts), ``validate`` returns the validation mIoU (%). ``identity`` is what the
+    resume state must match (the job identity and the job's coordinates)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -48,7 +60,6 @@ class Loop:
     base_lr: float
     step: StepFn
     validate: Callable[[], float]
-    on_best: Callable[[int, float], None]
     state_path: Path
     identity: dict[str, Any]
     tracker: Tracker
@@ -57,27 +68,33 @@ class Loop:
     val_every: int = 1
 
 
-def resume_or_start(loop: Loop) -> tuple[Position, History]:
-    """Continue from ``state_path`` if it belongs to this very run, else start afresh."""
+def resume_or_start(loop: Loop) -> Resumed:
+    """Continue from ``state_path`` if it belongs to this very job, else start afresh (an
+    unusable state is moved aside, never trusted)."""
     if loop.state_path.exists():
         try:
-            position, history = load_state(
-                loop.state_path, loop.model, loop.optimizer, loop.identity
-            )
-        except ValueError as error:
-            log.warning("%s; starting afresh", error)
+            resumed = load_state(loop.state_path, loop.model, loop.optimizer, loop.identity)
+        except ResumeStateError as error:
+            if loop.info.is_main:
+                aside = set_aside(loop.state_path)
+                log.warning("%s; moved it to %s and starting afresh", error, aside)
         else:
-            log.info("resuming %s at epoch %d", loop.desc, position.epoch + 1)
-            return position, history
-    return Position(), History()
+            if resumed.position.epoch >= loop.epochs:
+                log.info("%s: training already complete, writing its final files", loop.desc)
+            else:
+                log.info("resuming %s at epoch %d", loop.desc, resumed.position.epoch + 1)
+            return resumed
+    return Resumed(Position(), History(), None)
 
 
-def fit(loop: Loop) -> History:
-    position, history = resume_or_start(loop)
+def fit(loop: Loop) -> tuple[History, dict[str, torch.Tensor]]:
+    """Train the remaining epochs; returns the history and the best epoch's weights."""
+    resumed = resume_or_start(loop)
+    position, history, best = resumed.position, resumed.history, resumed.best_weights
     steps_per_epoch = len(loop.loader)  # type: ignore[arg-type]
     max_iter = loop.epochs * steps_per_epoch
     if steps_per_epoch == 0:
-        raise ValueError(f"{loop.desc}: no training batch (list smaller than the batch size?)")
+        raise StageError(f"{loop.desc}: no training batch (list smaller than the batch size?)")
     for epoch in range(position.epoch, loop.epochs):
         started = time.perf_counter()
         loop.sampler.set_epoch(epoch)
@@ -104,8 +121,7 @@ def fit(loop: Loop) -> History:
             entry["val_miou"] = metric
             if metric > history.best_metric:
                 history.best_metric, history.best_epoch = metric, epoch
-                if loop.info.is_main:
-                    loop.on_best(epoch, metric)
+                best = {k: v.detach().to("cpu", copy=True) for k, v in _weights(loop).items()}
         entry["seconds"] = time.perf_counter() - started
         history.epochs.append(entry)
         loop.tracker.log_metrics(
@@ -115,29 +131,51 @@ def fit(loop: Loop) -> History:
         position = Position(epoch + 1, 0, position.iteration)
         if loop.info.is_main:
             save_state(
-                loop.state_path, loop.model, loop.optimizer, position, history, loop.identity
+                loop.state_path,
+                loop.model,
+                loop.optimizer,
+                position,
+                history,
+                best,
+                loop.identity,
             )
         barrier(loop.info)
-    return history
+    if best is None:
+        raise StageError(
+            f"{loop.desc}: no epoch reached a finite validation mIoU, so there is no best "
+            f"checkpoint (see the epochs in the log; {loop.state_path} keeps the state)"
+        )
+    return history, best
+
+
+def _weights(loop: Loop) -> dict[str, torch.Tensor]:
+    return unwrap(loop.model).state_dict()
 
 
 def conclude(
     loop: Loop,
     history: History,
-    model: torch.nn.Module,
+    best: dict[str, torch.Tensor],
     checkpoint_meta: dict[str, Any],
     fields: dict[str, Any],
     params: Params,
     started: float,
 ) -> dict[str, Any]:
-    """After ``fit``: save the last checkpoint, write and log the training record (rank 0),
-    drop the resume state. ``fields`` are the stage's own record entries."""
+    """After ``fit``: write the last and the best checkpoint and the training record (rank 0),
+    log them, drop the resume state. ``fields`` are the stage's own record entries.
+
+    The model ends holding the best epoch's weights.
+    """
     record: dict[str, Any] = {}
     if loop.info.is_main:
         out = loop.state_path.parent
+        model = unwrap(loop.model)
         save_checkpoint(
             out / "last.pth", model, {**checkpoint_meta, "selection": "last"}, epoch=loop.epochs - 1
         )
+        model.load_state_dict(best)
+        best_meta = {**checkpoint_meta, "selection": "best_val", "val_miou": history.best_metric}
+        save_checkpoint(out / "best.pth", model, best_meta, epoch=history.best_epoch)
         record = {
             **fields,
             "epochs": history.epochs,
@@ -145,7 +183,7 @@ def conclude(
             "best_val_miou": history.best_metric,
             "world_size": loop.info.world_size,
             "checkpoints": checkpoint_hashes(out),
-            "config_digest": loop.identity["config_digest"],
+            "config_digest": loop.identity["identity"],
             "seconds": time.perf_counter() - started,
             "mlflow_run_id": loop.tracker.run_id,
             **provenance(params, loop.info.device),

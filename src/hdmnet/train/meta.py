@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from hdmnet import layout
+from hdmnet import identity, layout
 from hdmnet.config import Params
 from hdmnet.data.episodes import EpisodeDataset, collate
 from hdmnet.data.transforms import TrainTransform
@@ -24,18 +24,20 @@ from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import FewShotMeter
 from hdmnet.evaluate.protocol import EpisodeRunner
 from hdmnet.layout import Run
-from hdmnet.model import CheckpointError, load_checkpoint, save_checkpoint
+from hdmnet.model import CheckpointError, load_checkpoint
 from hdmnet.model.optim import build_hdmnet_optimizer
 from hdmnet.records import TRAIN_KIND
 from hdmnet.tracking import Tracker
 from hdmnet.train.common import (
-    base_identity,
+    base_cell,
     build_meta_model,
     data_hash,
     dataset_root,
+    ensure_writable,
     file_hash,
     fold_folder,
-    meta_identity,
+    meta_cell,
+    require_identity,
     set_threads,
 )
 from hdmnet.train.distributed import (
@@ -60,7 +62,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
     set_threads(params)
     info = init_distributed()
     seed_everything(params.train.seed)
-    out = layout.meta_dir(params, run)
+    out = ensure_writable(layout.meta_dir(params, run))
     root = dataset_root(params, run.dataset)
     train_dir = fold_folder(variant_params, run.dataset, run.fold)  # the variant's list rule
     val_dir = fold_folder(params, run.dataset, run.fold)
@@ -72,14 +74,19 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
             f"base learner {base_path} not found: train it first (hdmnet train-base "
             f"--dataset {run.dataset} --backbone {run.backbone} --fold {run.fold})"
         )
+    base_job = identity.base_learner(params, run.dataset, run.backbone, run.fold)
     try:
-        load_checkpoint(
-            base_path,
-            model,
-            expected=base_identity(params, run.dataset, run.backbone, run.fold),
+        loaded = load_checkpoint(
+            base_path, model, expected=base_cell(run.dataset, run.backbone, run.fold)
         )
     except CheckpointError as error:
         raise StageError(str(error)) from None
+    require_identity(
+        base_path,
+        loaded["meta"],
+        base_job,
+        f"hdmnet train-base --dataset {run.dataset} --backbone {run.backbone} --fold {run.fold}",
+    )
 
     train_set = EpisodeDataset(
         root,
@@ -118,12 +125,9 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         cache_mb=params.eval.cache_mb,
         device=info.device,
     )
-    identity = {
-        **meta_identity(run),
-        "config_digest": variant_params.digest("meta", "model", "train", "data"),
-        "base_sha256": file_hash(base_path),
-    }
-    checkpoint_meta = {**meta_identity(run), "config": variant_params.to_dict()}
+    job = identity.meta_learner(params, run)
+    base_sha256 = file_hash(base_path)
+    checkpoint_meta = {**meta_cell(run), "identity": job, "config": variant_params.to_dict()}
 
     def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
         device = info.device
@@ -144,10 +148,6 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
 
     def validate() -> float:
         return validation_miou(runner, params.train.seed, schedule.val_episodes, info)
-
-    def on_best(epoch: int, metric: float) -> None:
-        meta = {**checkpoint_meta, "selection": "best_val", "val_miou": metric}
-        save_checkpoint(out / "best.pth", model, meta, epoch=epoch)
 
     tags = {
         "dataset": run.dataset,
@@ -170,19 +170,20 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
             base_lr=schedule.lr,
             step=step,
             validate=validate,
-            on_best=on_best,
             state_path=out / "state.pth",
-            identity=identity,
+            # The base learner's bytes too: a swapped base file must not be trained on from
+            # a state that began with another.
+            identity={**meta_cell(run), "identity": job, "base_sha256": base_sha256},
             tracker=tracker,
             info=info,
             desc=f"train {run.name}",
             val_every=schedule.val_every,
         )
-        history = fit(loop)
+        history, best = fit(loop)
         record = conclude(
             loop,
             history,
-            model,
+            best,
             checkpoint_meta,
             {
                 "kind": TRAIN_KIND,
@@ -194,7 +195,11 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
                 "selection": params.meta.selection,
                 "global_batch": schedule.batch_size,
                 "per_process_batch": batch,
-                "base_checkpoint": {"path": str(base_path), "sha256": identity["base_sha256"]},
+                "base_checkpoint": {
+                    "path": str(base_path),
+                    "sha256": base_sha256,
+                    "identity": base_job,
+                },
                 "config": variant_params.to_dict(),
                 "data_hash": tags["data_hash"],
             },
