@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from hdmnet.config import Params
 
@@ -109,8 +109,18 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def git_state(cwd: Path | None = None) -> dict[str, str]:
-    """Commit and dirty flag of the working tree (``unknown`` outside a git checkout)."""
+class GitState(TypedDict):
+    git_commit: str | None
+    git_dirty: bool | None
+
+
+def git_state(cwd: Path | None = None) -> GitState:
+    """Commit and dirty flag of the working tree, None for both outside a git checkout.
+
+    Records keep these typed values; only MLflow tags, which are strings, spell them as text
+    (``_git_tags``). The strings "true"/"false" were once parsed back in several places, and one
+    parser took bool("false") for a dirty tree.
+    """
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
@@ -123,8 +133,18 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
-    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(dirty)}
+
+
+def _git_tags() -> dict[str, str]:
+    """``git_state`` as MLflow tags: "true"/"false", "unknown" outside a git checkout."""
+    state = git_state()
+    dirty = state["git_dirty"]
+    return {
+        "git_commit": state["git_commit"] or "unknown",
+        "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+    }
 
 
 def gpu_type() -> str:
@@ -170,7 +190,7 @@ class Tracker:
             "preset": self.params.preset,
             "hostname": platform.node(),
             "gpu_type": gpu_type(),
-            **git_state(),
+            **_git_tags(),
             **self.tags,
         }
         parent = os.environ.get(PARENT_ENV)
@@ -239,7 +259,7 @@ def start_parent_run(params: Params, name: str) -> str | None:
     store = Store(tracking_uri(params))
     experiment = store.experiment_id(params.tracking.experiment)
     tags = {"stage": "pipeline", "preset": params.preset, "hostname": platform.node()}
-    tags.update(git_state())
+    tags.update(_git_tags())
     run = store.call(store.client.create_run, experiment, run_name=name, tags=tags)
     os.environ[PARENT_ENV] = run.info.run_id
     return run.info.run_id
