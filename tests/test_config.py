@@ -179,3 +179,53 @@ def test_paper_preset_spells_out_every_key():
     come from the default preset, so the preset must be complete."""
     path = ROOT / "presets" / "paper.yaml"
     assert yaml.safe_load(path.read_text()) == load_params(path).to_dict()
+
+
+def write(tmp_path, raw: dict):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_variant_that_acts_only_with_several_shots_is_refused_at_one_shot(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["ablation"]["variants"].append("fixed_quirks")
+    with pytest.raises(ParamsError, match=r"fixed_quirks at 1 shot would measure nothing"):
+        load_params(write(tmp_path, raw))
+    # Where it belongs: beside the full model at 5 shots.
+    from hdmnet.layout import Run, ablation_runs
+
+    runs = ablation_runs(load_params(ROOT / "params.yaml"))
+    assert [r for r in runs if r.variant == "fixed_quirks"] == [
+        Run("pascal", "small", "fixed_quirks", 0, 5)
+    ]
+    assert all(r.shot == 1 for r in runs if r.variant != "fixed_quirks")
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ({"model.stages": 3}, "sets only values the full model already has"),
+        ({"model.stages": 7}, r"variants\.x: model\.stages: 7 is greater than the maximum"),
+        ({}, "a variant maps dotted keys to values"),
+    ],
+)
+def test_each_variant_is_a_real_valid_change(tmp_path, variant, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, {"variants": {"x": variant}}))
+
+
+@pytest.mark.parametrize("name", ["a/b", "../up", "full", "<b>", "with space", "9lives", "x-y"])
+def test_variant_names_are_ones_paths_wildcards_and_mlflow_accept(tmp_path, name):
+    with pytest.raises(ParamsError, match="bad variant name"):
+        load_params(write(tmp_path, {"variants": {name: {"model.stages": 1}}}))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"meta:\n  distill_weight: {value}\n")
+    with pytest.raises(ParamsError, match=r"meta\.distill_weight: .* is not a finite number"):
+        load_params(path)
+    with pytest.raises(ParamsError, match=r"meta\.pascal\.lr: nan is not a finite number"):
+        load_params(ROOT / "params.yaml", ["meta.pascal.lr=.nan"])

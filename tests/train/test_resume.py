@@ -79,7 +79,7 @@ def run_killed_and_resumed(command: str, params_file: Path, out: Path, tmp: Path
     proc = start(command, params_file, log, *extra_args(command))
     line = "epoch 1/2:"
     kill_inside_second_epoch(proc, log, out / "state.pth", line)
-    state = torch.load(out / "state.pth", map_location="cpu", weights_only=False)
+    state = torch.load(out / "state.pth", map_location="cpu", weights_only=True)
     assert state["position"]["epoch"] == 1 and len(state["history"]["epochs"]) == 1
     assert not (out / "last.pth").exists() and not (out / "record.json").exists()
 
@@ -111,6 +111,34 @@ def test_killed_base_training_resumes_to_the_uninterrupted_result(embedded_data,
     log = run_killed_and_resumed("train-base", params_file, out, tmp_path)
     assert "resuming base-pascal-small-fold0 at epoch 2" in log
     assert "epoch 1/2:" not in log and "epoch 2/2:" in log  # epoch 1 was not trained again
+
+
+def test_a_job_rerun_with_another_thread_count_resumes(embedded_data, tmp_path):
+    """Threads (like GPUs and loader workers) change how a result is computed, not what it is:
+    they are not part of the job's identity, so the rerun continues the killed run."""
+    params = embedded_data.with_overrides(
+        [
+            f"paths.results={tmp_path / 'results'}",
+            "tracking.enabled=false",
+            "base.pascal.epochs=2",
+            "base.pascal.crop=33",
+            "base.pascal.val_size=33",
+            "train.workers=0",
+            "train.threads=1",
+        ],
+    )
+    params_file = write_params(params, tmp_path / "params.yaml")
+    out = layout.base_dir(params, "pascal", "small", 0)
+    log = tmp_path / "killed.log"
+    proc = start("train-base", params_file, log)
+    kill_inside_second_epoch(proc, log, out / "state.pth", "epoch 1/2:")
+    resumed_log = tmp_path / "resumed.log"
+    proc = start("train-base", params_file, resumed_log, "-s", "train.threads=2")
+    text = finish(proc, resumed_log)
+    assert "resuming base-pascal-small-fold0 at epoch 2" in text
+    assert "epoch 1/2:" not in text and "epoch 2/2:" in text
+    record = json.loads((out / "record.json").read_text())
+    assert len(record["epochs"]) == 2 and record["hardware"]["threads"] == 2
 
 
 @pytest.mark.slow

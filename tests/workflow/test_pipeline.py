@@ -4,6 +4,7 @@ lands in MLflow under one parent run, and a second run has nothing to do."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from tests.workflow.test_snakemake import workflow_copy
 TINY = {
     "synth": {"scale": 0.3},
     "grid": {"folds": [0], "shots": [1]},
-    "ablation": {"variants": ["no_distill"], "folds": [0], "shots": [1]},
+    "ablation": {"variants": ["no_distill"], "kshot_variants": [], "folds": [0], "shots": [1]},
     "base": {"pascal": {"epochs": 1, "crop": 65, "val_size": 65, "scale": [0.4, 0.6]}},
     "meta": {"pascal": {"epochs": 1, "image_size": 65, "val_episodes": 8, "test_episodes": 12}},
     "eval": {"seeds": [510, 365]},
@@ -36,11 +37,13 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def run_tiny_demo(
-    folder: Path, *args: str, env: dict[str, str] | None = None
+    folder: Path, *args: str, env: dict[str, str] | None = None, extra: dict | None = None
 ) -> tuple[Path, subprocess.CompletedProcess]:
-    """`hdmnet demo ARGS` on a copy of the workflow whose params.yaml is the TINY grid."""
+    """`hdmnet demo ARGS` on a copy of the workflow whose params.yaml is the TINY grid (with
+    ``extra`` merged over it)."""
     tree = workflow_copy(folder)
-    params = merge(yaml.safe_load((tree / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((tree / "params.yaml").read_text()), copy.deepcopy(TINY))
+    params = merge(params, copy.deepcopy(extra or {}))
     (tree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)

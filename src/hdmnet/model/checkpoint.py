@@ -9,6 +9,7 @@ of the wrong dataset / shot / backbone is refused with a clear message.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,14 @@ def read_torch_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors come in many types
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds objects other than tensors and plain data, "
+            "so it was refused unread (files are loaded weights-only: they cannot run code)"
+        ) from None
+    except Exception as exc:  # zip and EOF errors come in many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return dict(obj)
