@@ -46,6 +46,9 @@ def test_report_is_self_contained_and_has_every_part(default_grid):
         "class-iou-pascal-small-shot5.png",
         "seed-spread-pascal-small.png",
         "training-ablation-pascal-small-fold0-shot1.png",
+        # fixed_quirks, a K-shot variant, against the full model at 5 shots
+        "ablation-pascal-small-shot5.png",
+        "training-ablation-pascal-small-fold0-shot5.png",
     }
     embedded = [base64.b64decode(data) for mime, data in IMG.findall(text)]
     assert len(embedded) == text.count("<img ") == len(pngs)

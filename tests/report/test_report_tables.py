@@ -15,9 +15,10 @@ from tests.report.fixtures_records import (
     metrics_record,
     paper_params,
     write_grid,
+    write_metrics,
 )
 
-from hdmnet import layout
+from hdmnet import identity, layout
 from hdmnet.layout import Run
 from hdmnet.records import RecordError, write_record
 from hdmnet.report import paper, tables
@@ -133,12 +134,19 @@ def test_ablation_deltas_against_the_full_model(default_grid):
     aggregate(default_grid)
     out = layout.tables_dir(default_grid)
     table = pd.read_csv(out / "ablation.csv")
-    assert list(table["variant"]) == ["full", *default_grid.ablation.variants]
-    full = table.iloc[0]
-    assert pd.isna(full["fold0_delta"]) and full["fold0"] == pytest.approx(42.0)
-    for _, row in table.iloc[1:].iterrows():
-        run = Run("pascal", "small", row["variant"], 0, 1)
-        delta = expected_miou(run) - 42.0
+    # The variants at 1 shot, then fixed_quirks (a K-shot variant) at 5 shots, each shot's rows
+    # after the full model's.
+    ab = default_grid.ablation
+    assert (ab.shots, ab.kshot_variants, ab.kshot_shots) == ([1], ["fixed_quirks"], [5])
+    assert list(zip(table["variant"], table["shot"], strict=True)) == [
+        ("full", 1), *((variant, 1) for variant in ab.variants), ("full", 5), ("fixed_quirks", 5)
+    ]  # fmt: skip
+    for _, full in table[table["variant"] == "full"].iterrows():
+        reference = expected_miou(Run("pascal", "small", "full", 0, full["shot"]))
+        assert pd.isna(full["fold0_delta"]) and full["fold0"] == pytest.approx(reference)
+    for _, row in table[table["variant"] != "full"].iterrows():
+        run = Run("pascal", "small", row["variant"], 0, row["shot"])
+        delta = expected_miou(run) - expected_miou(Run("pascal", "small", "full", 0, row["shot"]))
         assert row["fold0"] == pytest.approx(expected_miou(run))
         assert row["fold0_delta"] == pytest.approx(delta)
         assert row["mean_delta"] == pytest.approx(delta)
@@ -151,7 +159,7 @@ def test_ablation_deltas_against_the_full_model(default_grid):
     assert by_name.loc["stages_1", "change"] == "model.stages: 3 → 1"
     rows = {r[0]: r for r in _md_rows((out / "ablation.md").read_text())}
     assert rows["no_distill"][5:10] == ["40.0 (-2.0)", "-", "-", "-", "40.0 (-2.0)"]
-    assert rows["fixed_quirks"][5] == "42.8 (+0.8)"
+    assert rows["fixed_quirks"][5] == "50.8 (+0.8)"  # 5 shots: 50.75 against 50.0
     assert "paper_mean" not in table.columns
 
 
@@ -207,12 +215,12 @@ def test_provenance_traces_every_cell_to_its_records(default_grid):
     runs = layout.all_runs(default_grid)
     assert set(prov["runs"]) == {r.name for r in runs}
     entry = prov["runs"]["pascal-small-full-fold1-shot5"]
-    assert Path(entry["record"]) == layout.metrics_file(
-        default_grid, Run("pascal", "small", "full", 1, 5)
-    )
+    run_of_entry = Run("pascal", "small", "full", 1, 5)
+    assert Path(entry["record"]) == layout.metrics_file(default_grid, run_of_entry)
     assert entry["checkpoint_sha256"].startswith("15ab")
     assert entry["selection"] == "best_val" and entry["seeds"] == [510, 365, 382]
-    assert entry["episodes_per_seed"] == 300 and entry["config_digest"] == "c0ffee123456"
+    assert entry["episodes_per_seed"] == 300
+    assert entry["config_digest"] == identity.evaluation(default_grid, run_of_entry)
     assert entry["git_commit"].startswith("1234567890") and entry["git_dirty"] is False
 
     main_cells = [c for c in prov["cells"] if c["table"] == "main"]
@@ -234,7 +242,7 @@ def test_mixed_selection_modes_are_flagged(project_root, tmp_path):
     params = default_params(project_root, tmp_path, "grid.shots=[1]")
     write_grid(params, training=False)
     run = Run("pascal", "small", "full", 3, 1)
-    write_record(layout.metrics_file(params, run), metrics_record(run, selection="last"))
+    write_metrics(params, run, selection="last")
     note = tables.selection_note(load_metrics(params).values())
     assert note.startswith("Checkpoint selection is MIXED")
     assert "best_val" in note and "last checkpoint (last): 1 runs" in note

@@ -100,7 +100,7 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
         ablation_figures=_ablation_figures(params, ablation, training, out),
         variant_config=[
             (variant, key, tables.yaml_value(full), tables.yaml_value(value))
-            for variant in params.ablation.variants
+            for variant in params.ablation.all_variants()
             for key, full, value in tables.config_diff(params, variant)
         ],
         training_figures=_training_figures(params, metrics, training, base_training, out),

@@ -142,9 +142,9 @@ def _value(item: Metrics | None, key: str = "miou", output: str | None = None) -
     return None if record.get(key) is None else float(record[key])
 
 
-def _settings(grid: Any) -> list[dict[str, Any]]:
+def _settings(grid: Any, shots: Iterable[int]) -> list[dict[str, Any]]:
     """Dataset x backbone x shot of a grid, as the setting columns' values."""
-    combos = itertools.product(grid.datasets, grid.backbones, grid.shots)
+    combos = itertools.product(grid.datasets, grid.backbones, shots)
     return [dict(zip(("dataset", "backbone", "shot"), c, strict=True)) for c in combos]
 
 
@@ -221,7 +221,7 @@ def main_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
     partial = sorted(grid.folds) != list(FOLDS)
     source = [Column("source", "Source", "text")] if compare else []
     rows = []
-    for setting in _settings(grid):
+    for setting in _settings(grid, grid.shots):
         group = "{dataset}/{backbone}/{shot}".format(**setting)
         cells = _cells(metrics, setting, "full", grid.folds)
         ours, row = _variant_row(cells, {}, group, "ours")
@@ -283,13 +283,16 @@ def ablation_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
     with the delta (variant - full) in parentheses; mean mIoU of the meta and base outputs."""
     ab, compare = params.ablation, compare_with_paper(params)
     rows, missing_full = [], []
-    for setting in _settings(ab):
+    # Variants that act only with several supports run at their own shots (kshot_variants).
+    shots = dict.fromkeys([*ab.shots, *(shot for _, shot in ab.settings())])
+    for setting in _settings(ab, shots):
         group = "{dataset}/{backbone}/{shot}".format(**setting)
         full = _cells(metrics, setting, "full", ab.folds)
         missing_full += [
             Run(**setting, variant="full", fold=f).name for f in ab.folds if f not in full
         ]
-        for variant in ["full", *ab.variants]:
+        at_shot = [variant for variant, shot in ab.settings() if shot == setting["shot"]]
+        for variant in ["full", *at_shot]:
             cells = _cells(metrics, setting, variant, ab.folds)
             values, row = _variant_row(cells, {} if variant == "full" else full, group, variant)
             values |= {"variant": variant, "change": describe_variant(params, variant), **setting}
