@@ -247,8 +247,8 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from hdmnet.evaluate.examples import episode_views
     from hdmnet.report.build import build_report
-    from hdmnet.report.examples import episode_views
 
     params = load_params(args.params, args.overrides)
     path = build_report(params, lambda run, n: episode_views(params, run, n))

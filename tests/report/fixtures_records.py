@@ -10,9 +10,9 @@ import numpy as np
 from hdmnet import identity, layout
 from hdmnet.config import Params, load_params
 from hdmnet.data.classes import VOC_CLASSES
+from hdmnet.evaluate.views import EpisodeView
 from hdmnet.layout import Run
 from hdmnet.records import BASE_KIND, METRICS_KIND, TRAIN_KIND, write_record
-from hdmnet.report.figures import EpisodeView
 
 SEEDS = [510, 365, 382]
 # Variants get a fixed offset from the full model, so deltas are known in advance.

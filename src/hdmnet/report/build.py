@@ -12,12 +12,12 @@ from typing import Any
 
 from hdmnet import layout
 from hdmnet.config import Params
+from hdmnet.evaluate.views import EpisodeView
 from hdmnet.fileio import write_text
 from hdmnet.layout import Run
 from hdmnet.progress import progress
 from hdmnet.report import collect, figures, html, tables
 from hdmnet.report.collect import Metrics, load_metrics
-from hdmnet.report.figures import EpisodeView
 from hdmnet.report.paper import backbone_name, dataset_name
 
 TABLE_FORMATS = {"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}

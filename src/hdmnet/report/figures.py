@@ -2,13 +2,13 @@
 
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so no global backend
 or figure registry is touched (the PNG is drawn by Agg) and tests can inspect the axes before
-``save_figure`` writes it. Inputs are records and ``EpisodeView``s, never the model.
+``save_figure`` writes it. Inputs are records and ``EpisodeView``s (numpy arrays, made by
+``hdmnet.evaluate.examples``), never the model: drawing the report needs no torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from hdmnet.evaluate.views import EpisodeView
 from hdmnet.fileio import atomic_path
 
 DPI = 100
@@ -27,42 +28,6 @@ PREDICTION_COLOUR = (1.0, 0.15, 0.1)
 IGNORE_COLOUR = (1.0, 1.0, 1.0)
 PANEL = 1.5  # inches per image panel
 FOLD_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
-
-
-@dataclass
-class EpisodeView:
-    """One test episode as the qualitative figures draw it (arrays at the original size).
-
-    ``correlations``: the matching module's correlation maps, coarse to fine (one per stage),
-    any sizes; empty when not available.
-    """
-
-    query: np.ndarray  # H x W x 3 uint8 RGB
-    label: np.ndarray  # H x W uint8: 0 background, 1 foreground, 255 ignored
-    prediction: np.ndarray  # H x W uint8 0/1
-    supports: list[np.ndarray]  # K x (h x w x 3 uint8)
-    support_masks: list[np.ndarray]  # K x (h x w uint8 0/1/255)
-    class_name: str
-    correlations: list[np.ndarray] = field(default_factory=list)
-    iou: float | None = None
-
-    def check(self, where: str = "episode") -> None:
-        """Raise ValueError naming the episode and the mismatching array."""
-        if self.query.ndim != 3 or self.query.shape[2] != 3:
-            raise ValueError(f"{where}: query must be HxWx3, got shape {self.query.shape}")
-        size = self.query.shape[:2]
-        for name, array in (("label", self.label), ("prediction", self.prediction)):
-            if array.shape != size:
-                raise ValueError(f"{where}: {name} shape {array.shape} != query size {size}")
-        if len(self.supports) != len(self.support_masks):
-            raise ValueError(
-                f"{where}: {len(self.supports)} supports but {len(self.support_masks)} masks"
-            )
-        for i, (image, mask) in enumerate(zip(self.supports, self.support_masks, strict=True)):
-            if image.ndim != 3 or mask.shape != image.shape[:2]:
-                raise ValueError(
-                    f"{where}: support {i} image {image.shape} and mask {mask.shape} disagree"
-                )
 
 
 def overlay(

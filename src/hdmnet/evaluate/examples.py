@@ -1,7 +1,8 @@
-"""Test episodes as pictures: what the report's qualitative grids and correlation maps show.
+"""Test episodes as pictures for the report's qualitative grids and correlation maps.
 
 Runs the selected checkpoint of a run on the first episodes of the first test seed (the same
-episodes as the metrics) and returns them at the original image size.
+episodes as the metrics) and returns them at the original image size, as numpy-only
+``EpisodeView``s: the model runs here, so that the report itself renders without torch.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from hdmnet.data.episodes import binary_mask, load_pair
 from hdmnet.evaluate.evaluator import class_names
 from hdmnet.evaluate.metrics import FewShotMeter, binary_prediction
 from hdmnet.evaluate.protocol import EpisodeRunner
+from hdmnet.evaluate.views import EpisodeView
 from hdmnet.layout import Run
 from hdmnet.model import load_checkpoint
-from hdmnet.report.figures import EpisodeView
 from hdmnet.train.common import build_meta_model, dataset_root, fold_folder, meta_cell
 
 
