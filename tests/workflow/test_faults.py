@@ -230,3 +230,28 @@ def test_an_imported_base_learner_is_used_instead_of_training_one(tree):
     text = planned.stdout + planned.stderr
     assert planned.returncode == 0, text
     assert "rule train_base" not in text and "rule train:" in text  # meta learners retrain on it
+
+
+def test_hdmnet_demo_continues_after_ctrl_c(tree):
+    raw = yaml.safe_load((tree / "params.yaml").read_text())
+    raw["meta"]["pascal"]["lr"] = 0.003  # something to retrain
+    (tree / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    demo = [sys.executable, "-m", "hdmnet.cli", "demo"]
+    first = subprocess.Popen(
+        demo,
+        cwd=tree,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    wait_for(lambda: processes(tree, "hdmnet", "train"), "a training job", timeout=300)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+    assert first.wait(timeout=300) != 0
+    done = run(tree, demo)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "continuing an interrupted run" in done.stderr
+    params = load_params(tree / "params.yaml", [f"paths.results={tree / 'results'}"])
+    for run_ in RUNS:
+        record = json.loads(layout.metrics_file(params, run_).read_text())
+        assert record["config_digest"] == identity.evaluation(params, run_)
