@@ -77,6 +77,8 @@ class Row:
 
 @dataclass
 class Table:
+    """A paper-style table: the values in ``frame``, what each of its rows is in ``rows``."""
+
     name: str
     title: str
     columns: list[Column]
@@ -177,6 +179,7 @@ def selection_modes(metrics: Iterable[Metrics]) -> dict[str, list[str]]:
 
 
 def selection_note(metrics: Iterable[Metrics]) -> str:
+    """How the runs' checkpoints were selected, in words; a mix of modes is flagged."""
     modes = selection_modes(metrics)
     if not modes:
         return "No runs."
