@@ -42,3 +42,23 @@ def test_config_prints_resolved_params_and_rejects_bad_overrides():
     bad = run_cli("config", "-s", "grid.folds=[4]")
     assert bad.returncode == 2
     assert "grid.folds.0" in bad.stderr
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    """Every HdmnetError is one line (exit 2); any other exception is a bug and propagates."""
+    from hdmnet import cli
+    from hdmnet.errors import StageError
+
+    def fails_with(error):
+        def handler(args):
+            raise error
+
+        return handler
+
+    monkeypatch.setitem(cli.COMMANDS, "config", fails_with(StageError("x.pth: not found")))
+    assert cli.main(["config"]) == 2
+    assert capsys.readouterr().err == "hdmnet config: error: x.pth: not found\n"
+    for bug in (ValueError("shape mismatch"), RuntimeError("CUDA out of memory"), OSError(5, "I/O")):
+        monkeypatch.setitem(cli.COMMANDS, "config", fails_with(bug))
+        with pytest.raises(type(bug)):
+            cli.main(["config"])

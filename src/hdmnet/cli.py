@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hdmnet import __version__
 from hdmnet.config import Params, ParamsError, load_params
-from hdmnet.errors import StageError
+from hdmnet.errors import HdmnetError, StageError
 from hdmnet.layout import Run
 
 log = logging.getLogger("hdmnet")
@@ -301,9 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     try:
         return handler(args)
-    except (ParamsError, StageError, ValueError, OSError, RuntimeError) as error:
-        # Expected failures (bad input, missing files, checksum errors) get one clear line;
-        # --verbose shows the traceback.
+    except HdmnetError as error:
+        # Problems the user can fix (bad input, missing files, checksum errors) get one clear
+        # line; --verbose shows the traceback. Anything else is a bug and keeps its traceback.
         if args.verbose:
             raise
         print(f"hdmnet {args.command}: error: {error}", file=sys.stderr)

@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hdmnet.errors import HdmnetError
 from hdmnet.identity import STAGE_KEYS
 
 SCHEMA_RESOURCE = "params.schema.yaml"
@@ -40,7 +41,7 @@ KSHOT_ONLY = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(HdmnetError, ValueError):
     """A parameter file or override is invalid; the message names the key."""
 
 
@@ -246,6 +247,8 @@ def load_params(
             raw = yaml.safe_load(path.read_text("utf-8")) or {}
         except yaml.YAMLError as error:
             raise ParamsError(f"{path}: not valid YAML: {error}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ParamsError(f"{path}: cannot read the parameter file ({error})") from None
         if not isinstance(raw, dict):
             raise ParamsError(f"{path}: the top level must be a mapping of keys to values")
     parsed = dict(parse_override(item) for item in overrides)

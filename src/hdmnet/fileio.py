@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from hdmnet.errors import HdmnetError
+
 CHUNK = 1 << 20
 NO_SPACE = {
     errno.ENOSPC: "no space left on device",
@@ -26,7 +28,7 @@ NO_SPACE = {
 }
 
 
-class NoSpaceError(OSError):
+class NoSpaceError(HdmnetError, OSError):
     """The disk or the quota is full while writing ``path``; ``errno`` stays ENOSPC/EDQUOT."""
 
     def __init__(self, path: str | os.PathLike[str], code: int = errno.ENOSPC) -> None:

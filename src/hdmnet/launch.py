@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from hdmnet.errors import StageError
+
 LOCK_DIR_ENV = "HDMNET_GPU_LOCKS"
 
 
@@ -34,7 +36,10 @@ def claim_gpus(count: int, total: int | None = None) -> Iterator[list[int]]:
         return
     total = visible_gpu_count() if total is None else total
     if count > total:
-        raise RuntimeError(f"the job needs {count} GPUs but the machine has {total}")
+        raise StageError(
+            f"the job needs {count} GPUs but the machine has {total} "
+            "(on a machine without GPUs: -s train.gpus=0)"
+        )
     lock_dir = Path(os.environ.get(LOCK_DIR_ENV, "/tmp/hdmnet-gpu-locks"))
     lock_dir.mkdir(parents=True, exist_ok=True)
     handles = []
@@ -50,7 +55,7 @@ def claim_gpus(count: int, total: int | None = None) -> Iterator[list[int]]:
             if len(handles) == count:
                 break
         if len(handles) < count:
-            raise RuntimeError(
+            raise StageError(
                 f"only {len(handles)} of {count} GPUs are free (locks in {lock_dir}); "
                 "lower the gpu resource given to Snakemake"
             )

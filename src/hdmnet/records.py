@@ -51,6 +51,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hdmnet.errors import HdmnetError
 from hdmnet.fileio import write_json
 
 METRICS_KIND = "hdmnet-metrics"
@@ -98,7 +99,7 @@ SCHEMAS: dict[str, Schema] = {
 _TYPE_NAMES = {dict: "object", list: "list", str: "str", int: "int", float: "float", bool: "bool"}
 
 
-class RecordError(ValueError):
+class RecordError(HdmnetError, ValueError):
     """A record file is missing or unreadable, or a required key is absent or of the wrong type
     (the message names the file and the key)."""
 

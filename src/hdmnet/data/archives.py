@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, NoReturn, TypeVar
 
 from hdmnet.data.errors import DataError
+from hdmnet.errors import HdmnetError, MissingFileError
 from hdmnet.fileio import CHUNK, atomic_path, reporting_full_disk, write_json
 from hdmnet.progress import progress
 
@@ -52,7 +53,7 @@ _REDO = "delete it and run hdmnet download again"
 _DAMAGED = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(HdmnetError, ValueError):
     """An archive member would land outside the target folder or is not a plain file/folder."""
 
     def __init__(self, archive: Path, member: str, reason: str) -> None:
@@ -108,7 +109,7 @@ def safe_extract(archive: Path, target: Path, *, verified: bool = False) -> None
     """
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
-        raise FileNotFoundError(f"archive to extract not found: {archive}")
+        raise MissingFileError(f"archive to extract not found: {archive}")
     if is_extracted(archive, target):
         log.info("%s already extracted into %s; skipping", archive.name, target)
         return

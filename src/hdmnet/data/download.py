@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet.data.archives import safe_extract
+from hdmnet.data.errors import DataError
+from hdmnet.errors import HdmnetError, MissingFileError
 from hdmnet.fileio import CHUNK, file_digests, reporting_full_disk, write_json
 from hdmnet.progress import ByteProgress
 
@@ -42,7 +44,7 @@ _RETRY_STATUS = {408, 425, 429}
 RECORDED = "sha256"
 
 
-class ChecksumError(ValueError):
+class ChecksumError(HdmnetError, ValueError):
     """A file's size or digest differs from the expected value."""
 
     def __init__(self, path: Path | str, kind: str, expected: object, actual: object) -> None:
@@ -53,7 +55,7 @@ class ChecksumError(ValueError):
         self.actual = actual
 
 
-class DownloadError(RuntimeError):
+class DownloadError(HdmnetError, RuntimeError):
     """An archive could not be fetched from its URL."""
 
 
@@ -324,7 +326,7 @@ def download_all(
     local_files = dict(local_files or {})
     unknown = set(local_files) - {spec.name for spec in specs}
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"local files given for unknown archives {sorted(unknown)}; "
             f"known: {sorted(spec.name for spec in specs)}"
         )
@@ -352,11 +354,11 @@ def _local_source(url: str) -> Path | None:
         return None
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URL with a remote host is not supported: {url}")
+            raise DataError(f"file URL with a remote host is not supported: {url}")
         return Path(urllib.request.url2pathname(parts.path))
     if parts.scheme == "":
         return Path(url)
-    raise ValueError(
+    raise DataError(
         f"unsupported URL scheme {parts.scheme!r} in {url} (use http(s), file or a path)"
     )
 
@@ -364,7 +366,7 @@ def _local_source(url: str) -> Path | None:
 def _take_local(source: Path, part: Path, spec: ArchiveSpec) -> None:
     """Hard-link ``source`` to ``part`` (same filesystem) or copy it with a progress bar."""
     if not source.is_file():
-        raise FileNotFoundError(f"local archive for {spec.name} not found: {source}")
+        raise MissingFileError(f"local archive for {spec.name} not found: {source}")
     part.unlink(missing_ok=True)
     try:
         os.link(source, part)

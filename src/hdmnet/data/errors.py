@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hdmnet.errors import HdmnetError
 
-class DataError(ValueError):
+
+class DataError(HdmnetError, ValueError):
     """Input data is missing, corrupt or inconsistent; the message names the file and the value."""

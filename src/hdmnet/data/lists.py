@@ -27,6 +27,7 @@ from PIL import Image
 from hdmnet.data.errors import DataError
 from hdmnet.data.folds import IGNORE, apply_label_map, fold_classes, num_classes
 from hdmnet.data.masks import class_pixel_counts, read_mask
+from hdmnet.errors import MissingFileError
 from hdmnet.fileio import atomic_path, write_json, write_text
 from hdmnet.parallel import parallel_map
 
@@ -78,7 +79,7 @@ def read_list(path: str | os.PathLike[str]) -> list[ListItem]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"list file not found: {path}") from None
+        raise MissingFileError(f"list file not found: {path}") from None
     return parse_list(text.splitlines(), str(path))
 
 
@@ -120,7 +121,7 @@ def _count_one(
 ) -> tuple[np.ndarray, int]:
     mask_path = os.path.join(root, item.mask)
     if check_images and not os.path.isfile(os.path.join(root, item.image)):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"image file not found: {os.path.join(root, item.image)} (listed with {mask_path})"
         )
     mask = read_mask(mask_path)
@@ -178,7 +179,7 @@ def load_counts(path: str | os.PathLike[str]) -> PixelCounts:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"pixel counts file not found: {path}") from None
+        raise MissingFileError(f"pixel counts file not found: {path}") from None
     try:
         header = json.loads(lines[0]) if lines else {}
     except json.JSONDecodeError as exc:
@@ -399,7 +400,7 @@ def load_fold_lists(fold_dir: str | os.PathLike[str]) -> FoldLists:
     try:
         meta = json.loads(summary_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"fold list summary not found: {summary_path}") from None
+        raise MissingFileError(f"fold list summary not found: {summary_path}") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{summary_path}: not JSON: {exc}") from exc
     try:
@@ -416,7 +417,7 @@ def load_fold_lists(fold_dir: str | os.PathLike[str]) -> FoldLists:
         try:
             raw = json.loads(class_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"class file list not found: {class_path}") from None
+            raise MissingFileError(f"class file list not found: {class_path}") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{class_path}: not JSON: {exc}") from exc
         keys = sorted(int(k) for k in raw) if isinstance(raw, dict) else None

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from hdmnet.data.errors import DataError
+from hdmnet.errors import MissingFileError
 
 __all__ = ["DataError", "class_pixel_counts", "read_image", "read_mask", "validate_mask"]
 
@@ -44,7 +45,7 @@ def _read_gray_png(path: Path) -> np.ndarray | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"mask file not found: {path}") from None
+        raise MissingFileError(f"mask file not found: {path}") from None
     # PNG signature, then the IHDR chunk: bit depth at byte 24, colour type at byte 25 (0 = grey).
     if len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
@@ -63,7 +64,7 @@ def _read_with_pil(path: Path) -> np.ndarray:
             # np.array on a 'P' image yields the palette indices, which are the class ids.
             mask = np.array(img, dtype=np.uint8) if mode in _INDEX_MODES else None
     except FileNotFoundError:
-        raise FileNotFoundError(f"mask file not found: {path}") from None
+        raise MissingFileError(f"mask file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from exc
     if mask is None:
@@ -94,7 +95,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             img.load()
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
+        raise MissingFileError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 

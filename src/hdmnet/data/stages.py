@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet import layout
-from hdmnet.config import Params
+from hdmnet.config import Params, ParamsError
 from hdmnet.data import coco, pascal
 from hdmnet.data.download import (
     OFFICIAL_ARCHIVES,
@@ -39,6 +39,7 @@ from hdmnet.data.lists import (
     save_counts,
     write_fold_lists,
 )
+from hdmnet.errors import MissingFileError
 from hdmnet.fileio import write_json
 
 log = logging.getLogger("hdmnet.data")
@@ -58,7 +59,7 @@ def archive_specs(params: Params, dataset: str) -> list[ArchiveSpec]:
         synth = layout.synth_dir(params)
         manifest_path = synth / "manifest.json"
         if not manifest_path.exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{manifest_path} not found: generate the embedded data first (hdmnet synth)"
             )
         specs = specs_from_manifest(json.loads(manifest_path.read_text()), str(synth))
@@ -80,7 +81,7 @@ def download(params: Params, dataset: str) -> Path:
     names = {key: spec.name for key, spec in zip(ARCHIVES_OF[dataset], specs, strict=True)}
     unknown = set(params.data.local_files) - set(OFFICIAL_ARCHIVES)
     if unknown:
-        raise ValueError(
+        raise ParamsError(
             f"data.local_files: unknown archive keys {sorted(unknown)}; "
             f"known: {sorted(OFFICIAL_ARCHIVES)}"
         )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hdmnet.errors import HdmnetError, MissingFileError
 from hdmnet.fileio import atomic_path
 from hdmnet.model.backbone import strip_prefix
 
@@ -28,7 +29,7 @@ NUM_CLASSES_TO_DATASET = {16: "pascal", 61: "coco"}
 BN_COUNTER = "num_batches_tracked"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HdmnetError, ValueError):
     """A checkpoint file cannot be used for the requested model."""
 
 
@@ -36,7 +37,7 @@ def read_torch_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``torch.load`` (weights only, on CPU) with clear errors for a missing or bad file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hdmnet.config import ParamsError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -47,7 +49,7 @@ def init_distributed() -> DistInfo:
 
 def per_process_batch(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
-        raise ValueError(
+        raise ParamsError(
             f"global batch {global_batch} is not divisible by {world_size} processes; "
             "set the batch_size parameter to a multiple of the number of GPUs"
         )
