@@ -142,21 +142,28 @@ def test_transformer_fewer_stages():
         MixTransformer(num_stages=4)
 
 
-def test_returned_correlation_is_the_matching_statistic_of_the_finest_stage():
+def test_returned_correlation_is_the_matching_statistic_of_the_finest_stage(monkeypatch):
     # The finest map must equal the matching module applied to what the match layer sees.
     torch.manual_seed(6)
     net = MixTransformer(embed_dim=16, num_stages=1).eval()
     seen = {}
-    match = net.match_layers[0][0]
-    hook = match.attn.register_forward_hook(lambda m, args, out: seen.update(args=args, out=out))
+    cross = net.match_layers[0][0].attn
+    attend = cross.attend
+
+    def spy(query, k, v, mask):
+        seen.update(args=(query, k, v, mask))
+        return attend(query, k, v, mask)
+
+    monkeypatch.setattr(cross, "attend", spy)
     q, s = torch.randn(1, 16, 6, 6), torch.randn(1, 16, 6, 6)
     mask = (torch.rand(1, 1, 48, 48) > 0.3).float()
     with torch.no_grad():
         _, corrs = net(q, s, mask, torch.rand(1, 2, 6, 6))
-    hook.remove()
-    query, support, token_mask = seen["args"]
-    qh, kh, vh = match.attn.attn.qkv(query, support)
-    _, corr = matching_attention(qh, kh, vh, token_mask)
+        query, k, v, token_mask = seen["args"]
+        qh = cross.attn.split(cross.attn.linear_q(query))
+        _, corr = matching_attention(qh, k, v, token_mask)
     assert torch.allclose(corrs[0].flatten(), corr.flatten(), atol=1e-5)
+    # The keys handed over are the L2-normalised per-head keys (projected once per support).
+    assert torch.allclose(k.norm(dim=-1), torch.ones_like(k[..., 0]), atol=1e-6)
     expected_mask = torch.nn.functional.interpolate(mask, size=(6, 6), mode="nearest").flatten()
     assert torch.equal(token_mask.flatten(), expected_mask)

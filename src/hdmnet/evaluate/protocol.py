@@ -1,22 +1,44 @@
-"""The episodic test protocol, with feature reuse.
+"""The episodic test protocol, planned so that every image is encoded once.
 
-The backbone is frozen and evaluation transforms are deterministic, so the features of a query
-image, and of a (support image, class) pair, are the same in every episode and every seed that
-uses them. ``FeatureCache`` keeps them within a memory budget; episodes are then decoded in
-batches from cached features. With ``cache_mb=0`` every episode encodes its images afresh (the
-straightforward method, kept for the benchmark and as a check: both give identical metrics).
+Episodes are pure functions of (fold, seed, index) (``EpisodeDataset.episode_recipe``), the
+model is fixed during evaluation and the evaluation transform is deterministic. So the work of
+all seeds can be planned before any image is read:
 
-Episodes are drawn by ``EpisodeDataset.episode_recipe`` (a pure function of fold, seed and
-index), predictions are upsampled to the original label size and scored there (PROTOCOL.md).
+1. Plan: the recipes of every episode of every seed (this process's share of the indices).
+2. Order: class by class, and within a class query image by query image (all seeds of a query
+   together). A support (image, class) is then used only within its class's stretch, and a
+   query's episodes are adjacent.
+3. Encode on demand, keep within a budget: an image goes through the backbone and is reduced at
+   once to its code (:class:`~hdmnet.model.SupportCode` for a (support image, class) pair, about
+   2-25 MB at 473 px with ResNet-50 instead of 59 MB of features; :class:`~hdmnet.model.QueryCode`
+   for a query). Codes are kept between batches in a :class:`CodeStore` of ``cache_mb``, which
+   knows every future use and, when full, drops the code needed farthest in the future
+   (Belady's rule, optimal for a known sequence); a code nobody needs again is freed at once.
+4. Decode in batches of ``batch_size`` episodes from the codes (a last, partial batch is padded
+   with copies of its last episode, so every batch has the same shape).
+
+Backbone passes per episode (``timing.cache.passes_per_episode`` in the record) measure the
+reuse; the straightforward protocol needs 1 + K. ``benchmarks/evaluate.py`` measures both on a
+PASCAL-sized fold.
+
+``cache_mb=0`` is the straightforward protocol, kept as the reference: seeds one after the other,
+episodes in index order, every episode encoding its query and supports afresh. Every image is
+encoded alone and every batch decoded at the same shape, so an episode's numbers do not depend
+on the order nor on the other episodes of its batch: both give identical metrics (integer
+counts, tested). Decoding one episode at a time (``batch_size=1``) runs other kernel shapes,
+whose rounding may flip a pixel now and then (within 0.05 mIoU, tested).
+
+Predictions are upsampled to the original label size and scored there (PROTOCOL.md).
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,59 +53,75 @@ from hdmnet.evaluate.metrics import (
     binary_prediction,
     upsample_to_label,
 )
-from hdmnet.model import Features, HDMNet
+from hdmnet.model import HDMNet
+from hdmnet.model.hdmnet import QueryCode, SupportCode
 from hdmnet.progress import progress
 
 OUTPUTS = ("final", "meta")
 
 
-class FeatureCache:
-    """Least-recently-used store of encoded features, bounded in bytes (0 = store nothing)."""
+class CodeStore:
+    """Codes kept between batches within ``budget`` bytes, for a known sequence of batches.
 
-    def __init__(self, budget_bytes: int) -> None:
+    ``uses[key]`` lists (ascending) the batches that need ``key``. After batch ``now``,
+    :meth:`keep` offers the codes it used; :meth:`settle` frees those with no later use and, while
+    over budget, evicts the one whose next use is farthest away (it may be the one just offered,
+    which is then simply not kept). Budget 0 keeps nothing.
+    """
+
+    def __init__(self, budget_bytes: int, uses: dict[Hashable, list[int]]) -> None:
         self.budget = budget_bytes
-        self.entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self.uses = uses
+        self.entries: dict[Hashable, tuple[Any, int]] = {}
         self.used = 0
+        self.peak = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
 
-    def get(self, key: Hashable, compute: Callable[[], tuple[object, int]]) -> object:
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            self.hits += 1
-            return self.entries[key][0]
-        self.misses += 1
-        value, size = compute()
-        if size <= self.budget:
-            self.entries[key] = (value, size)
-            self.used += size
-            while self.used > self.budget:
-                _, (_, old) = self.entries.popitem(last=False)
-                self.used -= old
-                self.evictions += 1
-        return value
+    def next_use(self, key: Hashable, now: int) -> int | None:
+        uses = self.uses.get(key, [])
+        i = bisect.bisect_right(uses, now)
+        return uses[i] if i < len(uses) else None
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "evictions": self.evictions,
-            "bytes": self.used,
-        }
+    def get(self, key: Hashable) -> Any | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.hits += 1
+        return entry[0]
+
+    def keep(self, key: Hashable, value: Any, size: int) -> None:
+        if self.budget <= 0 or key in self.entries:
+            return
+        self.entries[key] = (value, size)
+        self.used += size
+
+    def settle(self, now: int) -> None:
+        nexts = {key: self.next_use(key, now) for key in self.entries}
+        for key, when in nexts.items():
+            if when is None:
+                self._drop(key)
+        while self.used > self.budget and self.entries:
+            farthest = max(self.entries, key=lambda k: nexts[k])  # type: ignore[arg-type,return-value]
+            self._drop(farthest)
+            self.evictions += 1
+        self.peak = max(self.peak, self.used)
+
+    def _drop(self, key: Hashable) -> None:
+        _, size = self.entries.pop(key)
+        self.used -= size
 
 
 @dataclass
 class EncodedQuery:
     name: str
-    features: Features
+    code: QueryCode
     mask: np.ndarray  # original-size class mask of the query image
 
-
-@dataclass
-class EncodedSupport:
-    features: Features
-    mask: torch.Tensor  # [S, S] resized 0/1/255 support label
+    @property
+    def nbytes(self) -> int:
+        return self.code.nbytes + self.mask.nbytes
 
 
 @dataclass
@@ -101,18 +139,49 @@ class Decoded:
 
 @dataclass
 class ProtocolResult:
-    """Per seed and output, the accumulated few-shot meter; plus the base learner's meter."""
+    """Per seed and output, the accumulated few-shot meter; plus the base learner's meter.
+
+    ``cache`` holds the reuse figures: ``hits`` / ``misses`` (codes found / encoded),
+    ``backbone_passes`` and ``passes_per_episode``, ``evictions`` (codes dropped while still
+    needed later), ``bytes`` (peak bytes kept between batches), the encode and decode seconds
+    and the ``order`` (planned or straightforward).
+    """
 
     meters: dict[int, dict[str, FewShotMeter]]
     classes: tuple[int, ...]  # the classes the meters index, in order
     base: SemanticMeter | None
     episodes: int
     seconds: float
-    cache: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backbone_passes(self) -> int:
+        return int(self.cache.get("backbone_passes", 0))
+
+
+class Planned(NamedTuple):
+    """One episode of the plan: its seed, index, recipe and class index."""
+
+    seed: int
+    index: int
+    recipe: Recipe
+    class_index: int
+
+
+def query_key(item: ListItem) -> Hashable:
+    return ("query", item.image)
+
+
+def support_key(item: ListItem, class_id: int, annotation: str) -> Hashable:
+    return ("support", item.image, class_id, annotation)
 
 
 class EpisodeRunner:
-    """Encodes and decodes evaluation episodes of one fold with a trained HDMNet."""
+    """Encodes and decodes evaluation episodes of one fold with a trained HDMNet.
+
+    ``cache_mb`` bounds the codes kept between batches (0: the straightforward protocol);
+    ``batch_size`` episodes are decoded together.
+    """
 
     def __init__(
         self,
@@ -126,15 +195,20 @@ class EpisodeRunner:
         batch_size: int = 16,
         device: torch.device | None = None,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.model = model.eval()
         self.root = Path(root)
         self.fold_dir = Path(fold_dir)
         self.shot = shot
         self.transform = EvalTransform(image_size)
         self.annotation = annotation
-        self.cache = FeatureCache(cache_mb * 2**20)
+        self.cache_bytes = cache_mb * 2**20
         self.batch_size = batch_size
         self.device = device or torch.device("cpu")
+        self.passes = 0
 
     def dataset(self, seed: int, episodes: int) -> EpisodeDataset:
         return EpisodeDataset(
@@ -148,45 +222,132 @@ class EpisodeRunner:
             annotation=self.annotation,
         )
 
-    def _query(self, item: ListItem, classes: int) -> EncodedQuery:
-        def compute() -> tuple[EncodedQuery, int]:
-            image, mask = load_pair(self.root, item, classes)
-            tensor, _ = self.transform(image, [])
-            with torch.inference_mode():
-                feats = self.model.encode_query(torch.from_numpy(tensor)[None].to(self.device))
-            return EncodedQuery(item.image, feats, mask), feats.nbytes + mask.nbytes
+    # -- encoding: one image, one backbone pass, reduced at once to its code ----------------
 
-        return self.cache.get(("query", item.image), compute)  # type: ignore[return-value]
+    def encode_query(self, item: ListItem, classes: int) -> EncodedQuery:
+        image, mask = load_pair(self.root, item, classes)
+        tensor, _ = self.transform(image, [])
+        with torch.inference_mode():
+            feats = self.model.encode_query(torch.from_numpy(tensor)[None].to(self.device))
+            code = self.model.query_code(feats)
+        self.passes += 1
+        return EncodedQuery(item.image, code, mask)
 
-    def _support(self, item: ListItem, class_id: int, classes: int) -> EncodedSupport:
-        def compute() -> tuple[EncodedSupport, int]:
-            image, mask = load_pair(self.root, item, classes)
-            label = binary_mask(mask, class_id)
-            if self.annotation == "bbox":
-                label = bbox_mask(label)
-            tensor, (resized,) = self.transform(image, [label])
-            mask_t = torch.from_numpy(resized.astype(np.int64)).to(self.device)
-            with torch.inference_mode():
-                feats = self.model.encode_support(
-                    torch.from_numpy(tensor)[None].to(self.device), mask_t[None]
+    def encode_support(self, item: ListItem, class_id: int, classes: int) -> SupportCode:
+        image, mask = load_pair(self.root, item, classes)
+        label = binary_mask(mask, class_id)
+        if self.annotation == "bbox":
+            label = bbox_mask(label)
+        tensor, (resized,) = self.transform(image, [label])
+        mask_t = torch.from_numpy(resized.astype(np.int64)).to(self.device)[None]
+        with torch.inference_mode():
+            feats = self.model.encode_support(
+                torch.from_numpy(tensor)[None].to(self.device), mask_t
+            )
+            code = self.model.support_code(feats, mask_t)
+        self.passes += 1
+        return code
+
+    # -- planning --------------------------------------------------------------------------
+
+    def plan(self, datasets: dict[int, EpisodeDataset], indices: Sequence[int]) -> list[Planned]:
+        """Every episode of every seed, in the order the work will be done (module docstring)."""
+        episodes = []
+        for seed, ds in datasets.items():
+            for i in indices:
+                recipe = ds.episode_recipe(i)
+                episodes.append(Planned(seed, i, recipe, ds.classes.index(recipe.class_id)))
+        if self.cache_bytes == 0:
+            return episodes
+        seed_order = {seed: n for n, seed in enumerate(datasets)}
+        return sorted(
+            episodes,
+            key=lambda e: (e.class_index, e.recipe.query.image, seed_order[e.seed], e.index),
+        )
+
+    def batches(self, plan: Sequence[Planned]) -> list[list[Planned]]:
+        """Consecutive batches; in the straightforward order a batch never spans two seeds."""
+        out: list[list[Planned]] = []
+        for episode in plan:
+            if (
+                not out
+                or len(out[-1]) == self.batch_size
+                or (self.cache_bytes == 0 and out[-1][-1].seed != episode.seed)
+            ):
+                out.append([])
+            out[-1].append(episode)
+        return out
+
+    def _uses(self, batches: Sequence[Sequence[Planned]]) -> dict[Hashable, list[int]]:
+        uses: dict[Hashable, list[int]] = {}
+        for t, batch in enumerate(batches):
+            for e in batch:
+                for key in self._keys(e.recipe):
+                    when = uses.setdefault(key, [])
+                    if not when or when[-1] != t:
+                        when.append(t)
+        return uses
+
+    def _keys(self, recipe: Recipe) -> list[Hashable]:
+        keys = [query_key(recipe.query)]
+        return keys + [support_key(s, recipe.class_id, self.annotation) for s in recipe.supports]
+
+    # -- decoding --------------------------------------------------------------------------
+
+    def _codes(
+        self, recipes: Sequence[Recipe], classes: int, store: CodeStore | None, now: int
+    ) -> tuple[list[EncodedQuery], list[SupportCode]]:
+        """The codes of a batch's episodes: from the store, or encoded (once per batch when a
+        store is used; once per episode in the straightforward protocol)."""
+        batch: dict[Hashable, Any] = {}
+
+        def fetch(key: Hashable, compute: Callable[[], Any]) -> Any:
+            if store is not None:
+                if key in batch:
+                    store.hits += 1
+                    return batch[key]
+                value = store.get(key)
+                if value is None:
+                    store.misses += 1
+                    value = compute()
+                batch[key] = value
+                return value
+            self.misses += 1
+            return compute()
+
+        queries, supports = [], []
+        for r in recipes:
+            queries.append(
+                fetch(query_key(r.query), lambda r=r: self.encode_query(r.query, classes))
+            )
+            for s in r.supports:
+                key = support_key(s, r.class_id, self.annotation)
+                supports.append(
+                    fetch(key, lambda s=s, r=r: self.encode_support(s, r.class_id, classes))
                 )
-            return EncodedSupport(feats, mask_t), feats.nbytes + mask_t.nbytes
+        if store is not None:
+            for key, value in batch.items():
+                store.keep(key, value, value.nbytes)
+            store.settle(now)
+        return queries, supports
 
-        key = ("support", item.image, class_id, self.annotation)
-        return self.cache.get(key, compute)  # type: ignore[return-value]
-
-    def decode_batch(self, dataset: EpisodeDataset, indices: Sequence[int]) -> list[Decoded]:
-        """Decode episodes ``indices`` together from (cached) features."""
-        recipes = [dataset.episode_recipe(i) for i in indices]
-        classes = dataset.num_classes
-        queries = [self._query(r.query, classes) for r in recipes]
-        supports = [[self._support(s, r.class_id, classes) for s in r.supports] for r in recipes]
-        query_feats = _cat([q.features for q in queries])
-        support_feats = [_cat([s[k].features for s in supports]) for k in range(self.shot)]
-        support_masks = torch.stack([torch.stack([s.mask for s in row]) for row in supports])
-        out = self.model.decode(query_feats, support_feats, support_masks)
+    def _decode(
+        self,
+        recipes: Sequence[Recipe],
+        class_indices: Sequence[int],
+        queries: Sequence[EncodedQuery],
+        supports: Sequence[SupportCode],
+        pad_to: int,
+    ) -> list[Decoded]:
+        """Decode ``recipes`` from their codes, padded to ``pad_to`` episodes."""
+        n = len(recipes)
+        pad = max(0, pad_to - n)
+        query_codes = [q.code for q in queries] + [queries[-1].code] * pad
+        support_codes = list(supports) + list(supports[-self.shot :]) * pad
+        out = self.model.decode_codes(QueryCode.cat(query_codes), SupportCode.cat(support_codes))
         results = []
-        for b, (recipe, query) in enumerate(zip(recipes, queries, strict=True)):
+        for b in range(n):
+            recipe, query = recipes[b], queries[b]
             label = binary_mask(query.mask, recipe.class_id)
             logits = {
                 "final": upsample_to_label(out.final[b : b + 1], label.shape)[0],
@@ -195,7 +356,7 @@ class EpisodeRunner:
             results.append(
                 Decoded(
                     recipe=recipe,
-                    class_index=dataset.classes.index(recipe.class_id),
+                    class_index=class_indices[b],
                     logits=logits,
                     label=label,
                     query=query,
@@ -203,6 +364,17 @@ class EpisodeRunner:
                 )
             )
         return results
+
+    def decode_batch(self, dataset: EpisodeDataset, indices: Sequence[int]) -> list[Decoded]:
+        """Decode episodes ``indices`` together, encoding their images afresh."""
+        self.model.eval()
+        recipes = [dataset.episode_recipe(i) for i in indices]
+        self.misses = 0
+        queries, supports = self._codes(recipes, dataset.num_classes, None, 0)
+        class_indices = [dataset.classes.index(r.class_id) for r in recipes]
+        return self._decode(recipes, class_indices, queries, supports, len(recipes))
+
+    # -- the protocol ----------------------------------------------------------------------
 
     def run(
         self,
@@ -220,7 +392,10 @@ class EpisodeRunner:
         """
         start = time.perf_counter()
         self.model.eval()
+        self.passes = 0
+        self.misses = 0
         datasets = {seed: self.dataset(seed, episodes) for seed in seeds}
+        first = datasets[seeds[0]]
         meters = {
             seed: {name: FewShotMeter(len(ds.classes)) for name in OUTPUTS}
             for seed, ds in datasets.items()
@@ -228,46 +403,52 @@ class EpisodeRunner:
         lut = None if base_classes is None else base_label_map(*base_classes)
         base_meter = None if lut is None else SemanticMeter(int(lut[lut != 255].max()) + 1)
         scored: set[str] = set()
-        mine = list(range(rank, episodes, world_size))
-        work = [
-            (seed, mine[i : i + self.batch_size])
-            for seed in seeds
-            for i in range(0, len(mine), self.batch_size)
-        ]
-        bar = progress(work, desc=desc)
-        for seed, chunk in bar:
-            seed_meters = meters[seed]
-            for episode in self.decode_batch(datasets[seed], chunk):
+
+        batches = self.batches(self.plan(datasets, range(rank, episodes, world_size)))
+        store = CodeStore(self.cache_bytes, self._uses(batches)) if self.cache_bytes else None
+        encode_s = decode_s = 0.0
+        bar = progress(batches, desc=desc)
+        for t, batch in enumerate(bar):
+            tick = time.perf_counter()
+            recipes = [e.recipe for e in batch]
+            queries, supports = self._codes(recipes, first.num_classes, store, t)
+            tock = time.perf_counter()
+            decoded = self._decode(
+                recipes, [e.class_index for e in batch], queries, supports, self.batch_size
+            )
+            for e, episode in zip(batch, decoded, strict=True):
                 label_t = torch.from_numpy(episode.label.astype(np.int64))
                 for name in OUTPUTS:
                     prediction = binary_prediction(episode.logits[name])
-                    seed_meters[name].update(episode.class_index, prediction, label_t)
+                    meters[e.seed][name].update(episode.class_index, prediction, label_t)
                 if base_meter is not None and episode.query.name not in scored:
                     scored.add(episode.query.name)
                     self._score_base(episode.query, base_meter, lut)
-            bar.set(miou=100 * seed_meters["final"].miou())
+            encode_s += tock - tick
+            decode_s += time.perf_counter() - tock
+            bar.set(miou=100 * meters[batch[-1].seed]["final"].miou())
+
+        total = sum(len(b) for b in batches)
+        cache = {
+            "order": "planned" if store is not None else "straightforward",
+            "hits": store.hits if store is not None else 0,
+            "misses": store.misses if store is not None else self.misses,
+            "evictions": store.evictions if store is not None else 0,
+            "bytes": store.peak if store is not None else 0,
+            "backbone_passes": self.passes,
+            "passes_per_episode": self.passes / max(1, total),
+            "encode_seconds": encode_s,
+            "decode_seconds": decode_s,
+        }
         return ProtocolResult(
             meters=meters,
-            classes=tuple(datasets[seeds[0]].classes),
+            classes=tuple(first.classes),
             base=base_meter,
             episodes=episodes,
             seconds=time.perf_counter() - start,
-            cache=self.cache.stats(),
+            cache=cache,
         )
 
     def _score_base(self, query: EncodedQuery, meter: SemanticMeter, lut: np.ndarray) -> None:
-        with torch.inference_mode():
-            logits = self.model.base_learnear(query.features.feat5)
-        logits = upsample_to_label(logits, query.mask.shape)
+        logits = upsample_to_label(query.code.base, query.mask.shape)
         meter.update(logits[0].argmax(0).cpu(), torch.from_numpy(apply_label_map(query.mask, lut)))
-
-
-def _cat(features: Sequence[Features]) -> Features:
-    first = features[0]
-    return Features(
-        torch.cat([f.layer2 for f in features]),
-        torch.cat([f.layer3 for f in features]),
-        torch.cat([f.layer4 for f in features]),
-        torch.cat([f.feat5 for f in features]),
-        first.image_size,
-    )

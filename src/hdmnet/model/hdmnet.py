@@ -1,13 +1,25 @@
 """HDMNet meta learner with the BAM-style base-learner ensemble (MODEL.md section 2).
 
-The frozen backbone runs once per image: :meth:`HDMNet.encode_query` and
-:meth:`HDMNet.encode_support` return :class:`Features` (which an evaluator may cache), and
-:meth:`HDMNet.decode` does everything else. ``forward`` is exactly those three composed.
+The work splits in three, so that an evaluator can do each part once per image:
+
+1. Encoding: the frozen backbone runs once per image (:meth:`HDMNet.encode_query`,
+   :meth:`HDMNet.encode_support`, :meth:`HDMNet.encode_episode` for a whole batch in one call)
+   and returns :class:`Features`. On CPU it runs as BatchNorm-folded oneDNN convolutions
+   (:mod:`hdmnet.model.fused`).
+2. Codes: :meth:`HDMNet.support_code` reduces a masked support to what decoding needs from it,
+   none of which depends on the query (prototype, the match layers' keys and values per
+   transformer stage, the foreground rows of the prior features, the Gram matrix); likewise
+   :meth:`HDMNet.query_code` for a query (reduced features, base-learner logits, Gram matrix).
+3. :meth:`HDMNet.decode_codes`: priors, query path of the transformer, matching, ensemble.
+
+``decode`` is 2 + 3 on :class:`Features`, and ``forward`` is 1 + 2 + 3; training runs the same
+code with the supports of a batch in one call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -17,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hdmnet.model.backbone import build_backbone, run_layers
+from hdmnet.model.fused import FrozenEncoder
 from hdmnet.model.losses import distillation_loss, segmentation_ce
 from hdmnet.model.pspnet import PPM, head_dims
-from hdmnet.model.transformer import ATTENTIONS, CrossAttention, Transformer
+from hdmnet.model.transformer import ATTENTIONS, CrossAttention, SupportStage, Transformer
 
 # Modules copied from the PSPNet base learner and frozen during meta-training.
 FROZEN_MODULES = ("layer0", "layer1", "layer2", "layer3", "layer4", "ppm", "cls", "base_learnear")
@@ -55,6 +68,124 @@ class Features:
     def nbytes(self) -> int:
         """Memory held by the tensors, for cache sizing."""
         return sum(getattr(self, f.name).nbytes for f in fields(self)[:4])
+
+
+@dataclass
+class PackedPrior:
+    """Foreground rows of N masked support feature maps, for the prior maps.
+
+    ``feat`` ``[T, C]`` holds, support after support, the feature vector of every foreground
+    position (mask nearest-resized to the feature size) and ``norm`` ``[T]`` their L2 norms;
+    ``counts[j]`` is support j's number of foreground positions out of ``positions``. A
+    background position has a zero feature, hence cosine 0 with any query position: it adds
+    nothing to the maximum but a floor at 0, which ``counts[j] < positions`` says is there.
+    """
+
+    feat: Tensor
+    norm: Tensor
+    counts: tuple[int, ...]
+    positions: int
+
+    @staticmethod
+    def pack(feat: Tensor, mask: Tensor) -> PackedPrior:
+        """``feat`` ``[N, C, h, w]``, ``mask`` ``[N, 1, H, W]`` binary (any size)."""
+        m = F.interpolate(mask, size=feat.shape[-2:], mode="nearest").flatten(1) > 0.5
+        rows = feat.flatten(2).transpose(1, 2)  # [N, M, C]
+        packed = rows[m]  # [T, C], support after support, row-major positions
+        counts = tuple(int(c) for c in m.sum(1).tolist())
+        return PackedPrior(packed, packed.norm(dim=1), counts, int(m.shape[1]))
+
+    @staticmethod
+    def cat(priors: Sequence[PackedPrior]) -> PackedPrior:
+        return PackedPrior(
+            torch.cat([p.feat for p in priors]),
+            torch.cat([p.norm for p in priors]),
+            tuple(c for p in priors for c in p.counts),
+            priors[0].positions,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.feat.nbytes + self.norm.nbytes
+
+
+@dataclass
+class SupportCode:
+    """What decoding needs from N masked support images; nothing in it depends on a query.
+
+    ``proto`` ``[N, R, 1, 1]`` (masked average of the reduced support map), ``stages`` the
+    transformer's per-stage keys/values/token masks, ``priors`` the packed foreground rows of
+    feature 5 and layer4, ``gram`` the cosine Gram matrices ``[N, C, C]`` of layer2 (None
+    without the ensemble). Item b * K + k is shot k of query b when decoding a batch.
+    """
+
+    proto: Tensor
+    stages: list[SupportStage]
+    priors: tuple[PackedPrior, PackedPrior]
+    gram: Tensor | None
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.proto.shape[0])
+
+    @staticmethod
+    def cat(codes: Sequence[SupportCode]) -> SupportCode:
+        """Concatenate along the support axis (the order is the order of ``codes``)."""
+        first = codes[0]
+        return SupportCode(
+            torch.cat([c.proto for c in codes]),
+            [SupportStage.cat([c.stages[i] for c in codes]) for i in range(len(first.stages))],
+            (
+                PackedPrior.cat([c.priors[0] for c in codes]),
+                PackedPrior.cat([c.priors[1] for c in codes]),
+            ),
+            None if first.gram is None else torch.cat([c.gram for c in codes]),  # type: ignore[misc]
+            first.image_size,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        total = self.proto.nbytes + sum(s.nbytes for s in self.stages)
+        total += sum(p.nbytes for p in self.priors)
+        return total + (0 if self.gram is None else self.gram.nbytes)
+
+
+@dataclass
+class QueryCode:
+    """What decoding needs from B query images: the reduced map ``feat`` ``[B, R, h, w]``,
+    feature 5 and layer4 flattened ``[B, C, h*w]`` with their per-position norms ``[B, h*w]``,
+    the base learner's logits ``[B, C+1, h, w]`` and the layer2 Gram matrices (or None)."""
+
+    feat: Tensor
+    feat5: Tensor
+    feat5_norm: Tensor
+    layer4: Tensor
+    layer4_norm: Tensor
+    base: Tensor
+    gram: Tensor | None
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.feat.shape[0])
+
+    @staticmethod
+    def cat(codes: Sequence[QueryCode]) -> QueryCode:
+        tensors = [
+            torch.cat([getattr(c, f.name) for c in codes])
+            for f in fields(QueryCode)
+            if f.name not in ("gram", "image_size")
+        ]
+        gram = None if codes[0].gram is None else torch.cat([c.gram for c in codes])  # type: ignore[misc]
+        return QueryCode(*tensors, gram=gram, image_size=codes[0].image_size)
+
+    @property
+    def nbytes(self) -> int:
+        total = sum(
+            getattr(self, f.name).nbytes
+            for f in fields(self)
+            if f.name not in ("gram", "image_size")
+        )
+        return total + (0 if self.gram is None else self.gram.nbytes)
 
 
 class HDMNetOutput(NamedTuple):
@@ -137,6 +268,41 @@ def prior_similarity(query: Tensor, support: Tensor, mask: Tensor) -> Tensor:
     return torch.stack(out).reshape(b, 1, h, w)
 
 
+def packed_prior(query: Tensor, query_norm: Tensor, support: PackedPrior) -> Tensor:
+    """Prior map ``[B, h*w]`` (shot mean) from flattened query features ``[B, C, h*w]``, their
+    norms ``[B, h*w]`` and the packed support rows of ``B * K`` supports.
+
+    Same values as :func:`prior_similarity` (one matrix product per query for all its shots).
+    """
+    b, _, n = query.shape
+    shots = len(support.counts) // b
+    ends = torch.tensor(support.counts).cumsum(0).tolist()
+    out = []
+    for i in range(b):
+        first = i * shots
+        start = ends[first - 1] if first else 0
+        stop = ends[first + shots - 1]
+        per_shot = []
+        if stop > start:
+            rows = support.feat[start:stop]
+            cos = (rows @ query[i]) / (
+                support.norm[start:stop, None] * query_norm[i][None, :] + COSINE_EPS
+            )
+        offset = 0
+        for k in range(shots):
+            count = support.counts[first + k]
+            if count == 0:
+                per_shot.append(query.new_zeros(n))
+                continue
+            best = cos[offset : offset + count].max(0).values
+            if count < support.positions:
+                best = best.clamp_min(0.0)
+            per_shot.append(best)
+            offset += count
+        out.append(per_shot[0] if shots == 1 else torch.stack(per_shot).mean(0))
+    return torch.stack(out)
+
+
 def gram_matrix(feat: Tensor) -> Tensor:
     """Cosine Gram matrix ``[B, C, C]`` of ``[B, C, h, w]`` (eps 1e-7 on the norm product)."""
     x = feat.flatten(2)
@@ -146,10 +312,14 @@ def gram_matrix(feat: Tensor) -> Tensor:
 
 def gram_estimates(query_low: Tensor, support_low: Tensor) -> Tensor:
     """``||G_q - G_s,k||_F / ||ones(C, C)||_F`` per shot -> ``[B, K]``."""
-    b, c = query_low.shape[:2]
-    gq = gram_matrix(query_low)
-    gs = gram_matrix(support_low).reshape(b, -1, c, c)
-    diff = (gq[:, None] - gs).flatten(2).norm(dim=2)
+    return gram_distances(gram_matrix(query_low), gram_matrix(support_low))
+
+
+def gram_distances(query_gram: Tensor, support_gram: Tensor) -> Tensor:
+    """:func:`gram_estimates` from Gram matrices ``[B, C, C]`` and ``[B*K, C, C]``."""
+    b, c = query_gram.shape[:2]
+    gs = support_gram.reshape(b, -1, c, c)
+    diff = (query_gram[:, None] - gs).flatten(2).norm(dim=2)
     return diff / torch.ones(c, c, dtype=diff.dtype, device=diff.device).norm()
 
 
@@ -238,6 +408,7 @@ class HDMNet(nn.Module):
         self.keep_bn_frozen = keep_bn_frozen
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
+        self.fuse_frozen = True
         self.sparse_foreground = True
 
         for i in range(5):
@@ -301,18 +472,33 @@ class HDMNet(nn.Module):
 
         load_base_learner_into(self, state)
 
-    def configure_inference(self, channels_last: bool = False, bf16: bool = False) -> HDMNet:
-        """Optional speed settings: channels-last convs, bfloat16 autocast (meant for CUDA)."""
+    def configure_inference(
+        self, channels_last: bool = False, bf16: bool = False, fuse_frozen: bool = True
+    ) -> HDMNet:
+        """Speed settings (``model.channels_last`` / ``model.bf16`` in params.yaml).
+
+        ``fuse_frozen`` (default): the frozen encoder runs BatchNorm-folded (exact fp32 up to
+        rounding, :mod:`hdmnet.model.fused`). ``bf16``: the frozen encoder runs in bfloat16
+        (CPU: oneDNN, AMX / AVX-512-BF16 where present), and on CUDA the meta learner runs
+        under bfloat16 autocast too; features and outputs stay float32. It changes the numbers
+        (``benchmarks/gpu.py`` and ``benchmarks/precision.py`` print by how much), hence off
+        by default. ``channels_last``: channels-last activations and weights for the
+        meta learner's convolutions and the frozen encoder's features (the fused encoder is
+        channels-last internally on CPU either way).
+        """
         self.channels_last = channels_last
         self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.fuse_frozen = fuse_frozen
         self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return self
 
     def set_foreground_sparsity(self, enabled: bool) -> None:
-        """Compute priors and matching on foreground support positions only (default True).
+        """Compute matching on foreground support tokens only (default True).
 
-        Both forms give the same values (background positions contribute exactly zero); the
-        dense form is the straightforward reference used by tests and the benchmark.
+        Both forms give the same values (background tokens contribute exactly zero); the dense
+        form is the straightforward reference used by tests. The priors always use the
+        foreground rows (:class:`PackedPrior`), whose equality with the dense form
+        :func:`prior_similarity_dense` is tested separately.
         """
         self.sparse_foreground = enabled
         for module in self.modules():
@@ -323,15 +509,31 @@ class HDMNet(nn.Module):
 
     @contextlib.contextmanager
     def _frozen_context(self, device: torch.device) -> Iterator[None]:
-        """No autograd for the frozen parts (inference mode at eval), optional autocast."""
+        """No autograd for the frozen parts (inference mode at eval)."""
         grad_ctx = torch.no_grad() if self.training else torch.inference_mode()
-        with grad_ctx, self._autocast(device):
+        with grad_ctx:
             yield
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
+        """bf16 autocast of the meta learner: CUDA only (CPU keeps the decode in fp32)."""
+        if self.autocast_dtype is None or device.type != "cuda":
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def frozen_encoder(self, device: torch.device) -> FrozenEncoder | None:
+        """The folded encoder for ``device`` (rebuilt when the frozen weights changed), or None
+        when it must not be used (disabled, or a frozen BatchNorm in training mode)."""
+        if not self.fuse_frozen:
+            return None
+        for name in ("layer0", "layer1", "layer2", "layer3", "layer4", "ppm", "cls"):
+            if any(m.training for m in getattr(self, name).modules() if _is_bn(m)):
+                return None
+        dtype = self.autocast_dtype or torch.float32
+        encoder = _ENCODERS.get(self)
+        if encoder is None or not encoder.matches(self, device, dtype):
+            encoder = FrozenEncoder(self, device, dtype, self.channels_last)
+            _ENCODERS[self] = encoder
+        return encoder
 
     def extract_features(self, image: Tensor, mask: Tensor | None = None) -> Features:
         """Run the frozen backbone + PPM + cls[0:2] once on ``image`` ``[B, 3, H, W]``.
@@ -350,16 +552,28 @@ class HDMNet(nn.Module):
                         f"{tuple(image.shape)}; expected [B, H, W]"
                     )
                 image = image * (mask == 1).unsqueeze(1).to(image.dtype)
-            if self.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            outs = run_layers(self, image)
-            feat5 = self.cls(self.ppm(outs[4]))
-            layer2 = outs[2]
+            encoder = self.frozen_encoder(image.device)
+            if encoder is not None:
+                layer2, layer3, layer4, feat5 = encoder(image)
+            else:
+                layer2, layer3, layer4, feat5 = self._module_features(image)
             if self.is_vgg:
                 layer2 = F.interpolate(
-                    layer2, size=outs[3].shape[-2:], mode="bilinear", align_corners=True
+                    layer2, size=layer3.shape[-2:], mode="bilinear", align_corners=True
                 )
-        return Features(layer2, outs[3], outs[4], feat5, size)
+        return Features(layer2, layer3, layer4, feat5, size)
+
+    def _module_features(self, image: Tensor) -> list[Tensor]:
+        """The frozen encoder through the modules themselves (autocast for bf16)."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.autocast_dtype is not None:
+            autocast = torch.autocast(device_type=image.device.type, dtype=self.autocast_dtype)
+        with autocast:
+            outs = run_layers(self, image)
+            feat5 = self.cls(self.ppm(outs[4]))
+        return [t.float() for t in (outs[2], outs[3], outs[4], feat5)]
 
     def encode_query(self, image: Tensor) -> Features:
         """Features of query images (cacheable: they depend on the image only)."""
@@ -368,6 +582,106 @@ class HDMNet(nn.Module):
     def encode_support(self, image: Tensor, mask: Tensor) -> Features:
         """Features of support images masked by ``mask == 1`` (depend on image and mask)."""
         return self.extract_features(image, mask)
+
+    def encode_episode(
+        self, query: Tensor, supports: Tensor, support_masks: Tensor
+    ) -> tuple[Features, list[Features]]:
+        """Query ``[B, 3, H, W]`` and supports ``[B, K, 3, H, W]`` in ONE backbone call.
+
+        Returns the query features and one :class:`Features` per shot, each equal to
+        ``encode_query`` / ``encode_support`` (up to rounding).
+        """
+        if supports.dim() != 5 or support_masks.dim() != 4:
+            raise ValueError(
+                f"supports must be [B, K, 3, H, W] and support_masks [B, K, H, W]; got "
+                f"{tuple(supports.shape)} and {tuple(support_masks.shape)}"
+            )
+        b, k = supports.shape[:2]
+        if support_masks.shape[:2] != (b, k) or support_masks.shape[2:] != supports.shape[3:]:
+            raise ValueError(
+                f"support_masks {tuple(support_masks.shape)} does not match supports "
+                f"{tuple(supports.shape)}; expected [B, K, H, W]"
+            )
+        if query.shape[0] != b or query.shape[1:] != supports.shape[2:]:
+            raise ValueError(
+                f"query {tuple(query.shape)} does not match supports {tuple(supports.shape)}"
+            )
+        with self._frozen_context(query.device):
+            masked = supports * (support_masks == 1).unsqueeze(2).to(supports.dtype)
+            images = torch.cat([query, masked.flatten(0, 1)])
+        both = self.extract_features(images)
+
+        def part(t: Tensor, shot: int | None) -> Tensor:
+            if shot is None:
+                return t[:b]
+            return t[b:].unflatten(0, (b, k))[:, shot]
+
+        def take(shot: int | None) -> Features:
+            return Features(
+                *(part(getattr(both, f.name), shot) for f in fields(Features)[:4]),
+                image_size=both.image_size,
+            )
+
+        return take(None), [take(i) for i in range(k)]
+
+    # -- codes -----------------------------------------------------------------------------
+
+    def support_code(self, features: Features, masks: Tensor) -> SupportCode:
+        """Reduce N masked supports (``masks`` ``[N, H, W]``, labels 0/1/255) to a code.
+
+        Runs with autograd in training (the reductions are trained) and under inference mode
+        otherwise; the priors and Gram matrices derive from frozen features only.
+        """
+        if masks.dim() != 3 or masks.shape[1:] != features.image_size:
+            raise ValueError(
+                f"support masks {tuple(masks.shape)} must be [N, H, W] at the support image "
+                f"size {features.image_size}"
+            )
+        with self._decode_context(masks.device):
+            mask = (masks == 1).unsqueeze(1).to(features.layer3.dtype)  # [N, 1, H, W]
+            supp = self.down_supp(torch.cat([features.layer3, features.layer2], 1))
+            feat_mask = F.interpolate(
+                mask, size=supp.shape[-2:], mode="bilinear", align_corners=True
+            )
+            proto = weighted_gap(supp, feat_mask)  # [N, R, 1, 1]
+            supp = self.supp_merge(torch.cat([supp, proto.expand_as(supp)], 1))
+            stages = self.transformer.mix_transformer.encode_support(supp, mask)
+            with torch.no_grad():
+                priors = (
+                    PackedPrior.pack(features.feat5, mask),
+                    PackedPrior.pack(features.layer4, mask),
+                )
+                gram = gram_matrix(features.layer2) if self.ensemble else None
+        return SupportCode(proto, stages, priors, gram, features.image_size)
+
+    def query_code(self, features: Features) -> QueryCode:
+        """Reduce B query images' features to a code (see :class:`QueryCode`)."""
+        with self._decode_context(features.layer3.device):
+            feat = self.down_query(torch.cat([features.layer3, features.layer2], 1))
+            base = self.base_learnear(features.feat5)
+            with torch.no_grad():
+                feat5 = features.feat5.flatten(2).contiguous()
+                layer4 = features.layer4.flatten(2).contiguous()
+                gram = gram_matrix(features.layer2) if self.ensemble else None
+                code = QueryCode(
+                    feat,
+                    feat5,
+                    feat5.norm(dim=1),
+                    layer4,
+                    layer4.norm(dim=1),
+                    base,
+                    gram,
+                    features.image_size,
+                )
+        return code
+
+    def _decode_context(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.training:
+            return self._autocast(device)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(self._autocast(device))
+        return stack
 
     # -- decoding --------------------------------------------------------------------------
 
@@ -389,16 +703,50 @@ class HDMNet(nn.Module):
         training, where that class is left out of the base-learner map.
         """
         self._check_inputs(query, supports, support_masks)
+        self._check_targets(query_mask, class_ids)
+
+        def stack(name: str) -> Tensor:
+            return torch.stack([getattr(s, name) for s in supports], 1).flatten(0, 1)
+
+        stacked = Features(
+            stack("layer2"), stack("layer3"), stack("layer4"), stack("feat5"), query.image_size
+        )
+        support = self.support_code(stacked, support_masks.flatten(0, 1))
+        return self.decode_codes(
+            self.query_code(query), support, query_mask, query_base_mask, class_ids
+        )
+
+    def decode_codes(
+        self,
+        query: QueryCode,
+        supports: SupportCode,
+        query_mask: Tensor | None = None,
+        query_base_mask: Tensor | None = None,
+        class_ids: Tensor | None = None,
+    ) -> HDMNetOutput:
+        """Decode B episodes from a query code (batch B) and a support code (batch B * K)."""
+        b = len(query)
+        if len(supports) != b * self.shot:
+            raise ValueError(
+                f"this model is built for {self.shot} shot(s): {b} queries need "
+                f"{b * self.shot} support codes, got {len(supports)}"
+            )
+        if supports.image_size != query.image_size:
+            raise ValueError(
+                f"supports are {supports.image_size} images, queries {query.image_size}"
+            )
+        self._check_targets(query_mask, class_ids)
+        if self.training:
+            return self._decode(query, supports, query_mask, query_base_mask, class_ids)
+        with self._decode_context(query.feat.device):
+            return self._decode(query, supports, query_mask, query_base_mask, None)
+
+    def _check_targets(self, query_mask: Tensor | None, class_ids: Tensor | None) -> None:
         if self.training:
             if query_mask is None:
                 raise ValueError("training forward needs query_mask (the query's 0/1/255 labels)")
             if self.ensemble and class_ids is None:
                 raise ValueError("training forward needs class_ids (base-class index per query)")
-            return self._decode(
-                query, supports, support_masks, query_mask, query_base_mask, class_ids
-            )
-        with torch.inference_mode(), self._autocast(support_masks.device):
-            return self._decode(query, supports, support_masks, query_mask, query_base_mask, None)
 
     def _check_inputs(
         self, query: Features, supports: Sequence[Features], support_masks: Tensor
@@ -422,44 +770,35 @@ class HDMNet(nn.Module):
 
     def _decode(
         self,
-        query: Features,
-        supports: Sequence[Features],
-        support_masks: Tensor,
+        query: QueryCode,
+        supports: SupportCode,
         query_mask: Tensor | None,
         query_base_mask: Tensor | None,
         class_ids: Tensor | None,
     ) -> HDMNetOutput:
-        b = query.layer3.shape[0]
-        shots = len(supports)
-
-        def stack(name: str) -> Tensor:
-            return torch.stack([getattr(s, name) for s in supports], 1).flatten(0, 1)
-
-        s_layer2, s_layer3 = stack("layer2"), stack("layer3")
-        s_layer4, s_feat5 = stack("layer4"), stack("feat5")
-        mask = (support_masks == 1).flatten(0, 1).unsqueeze(1).to(s_layer3.dtype)  # [B*K,1,H,W]
-
-        query_feat = self.down_query(torch.cat([query.layer3, query.layer2], 1))
-        supp_feat = self.down_supp(torch.cat([s_layer3, s_layer2], 1))
-        feat_mask = F.interpolate(
-            mask, size=supp_feat.shape[-2:], mode="bilinear", align_corners=True
-        )
-        supp_pro = weighted_gap(supp_feat, feat_mask)  # [B*K, C, 1, 1]
-        supp_feat = self.supp_merge(torch.cat([supp_feat, supp_pro.expand_as(supp_feat)], 1))
-        proto = supp_pro.reshape(b, shots, -1, 1, 1).mean(1)
-
-        prior = prior_similarity if self.sparse_foreground else prior_similarity_dense
-        similarity = torch.cat(
-            [prior(query.feat5, s_feat5, mask), prior(query.layer4, s_layer4, mask)], 1
-        )
+        b = len(query)
+        shots = len(supports) // b
+        h, w = query.feat.shape[-2:]
+        proto = supports.proto.reshape(b, shots, -1, 1, 1).mean(1)
+        with torch.no_grad():
+            similarity = torch.stack(
+                [
+                    packed_prior(query.feat5, query.feat5_norm, supports.priors[0]),
+                    packed_prior(query.layer4, query.layer4_norm, supports.priors[1]),
+                ],
+                1,
+            ).reshape(b, 2, h, w)
         query_feat = self.query_merge(
-            torch.cat([query_feat, proto.expand_as(query_feat), similarity * SIMILARITY_SCALE], 1)
+            torch.cat([query.feat, proto.expand_as(query.feat), similarity * SIMILARITY_SCALE], 1)
         )
-        meta_out, correlations = self.transformer(query_feat, supp_feat, mask, similarity)
-        base_out = self.base_learnear(query.feat5)
+        meta_out, correlations = self.transformer.mix_transformer.decode(
+            query_feat, supports.stages, similarity
+        )
+        base_out = query.base
 
         if self.ensemble:
-            est = gram_estimates(query.layer2, s_layer2)  # [B, K]
+            assert query.gram is not None and supports.gram is not None
+            est = gram_distances(query.gram, supports.gram)  # [B, K]
             weight = kshot_weights(est, self.kshot_rw, self.fix_quirks)
             final_out = self._ensemble(meta_out, base_out, (weight * est).sum(1), class_ids)
         else:
@@ -468,9 +807,10 @@ class HDMNet(nn.Module):
         size = query.image_size
 
         def up(x: Tensor) -> Tensor:
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+            return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
 
         final_out, meta_out, base_out = up(final_out), up(meta_out), up(base_out)
+        correlations = [c.float() for c in correlations]
         losses = None
         if query_mask is not None:
             losses = self._losses(
@@ -539,18 +879,10 @@ class HDMNet(nn.Module):
     ) -> HDMNetOutput:
         """``query`` ``[B, 3, H, W]``, ``supports`` ``[B, K, 3, H, W]``, masks ``[B, K, H, W]``.
 
-        Exactly ``decode(encode_query(query), [encode_support(s_k, m_k)], support_masks, ...)``.
+        ``decode(*encode_episode(query, supports, support_masks), support_masks, ...)``: every
+        image of the batch goes through the backbone once, in one call.
         """
-        if supports.dim() != 5 or support_masks.dim() != 4:
-            raise ValueError(
-                f"supports must be [B, K, 3, H, W] and support_masks [B, K, H, W]; got "
-                f"{tuple(supports.shape)} and {tuple(support_masks.shape)}"
-            )
-        q = self.encode_query(query)
-        s = [
-            self.encode_support(supports[:, k], support_masks[:, k])
-            for k in range(supports.shape[1])
-        ]
+        q, s = self.encode_episode(query, supports, support_masks)
         return self.decode(q, s, support_masks, query_mask, query_base_mask, class_ids)
 
     def correlation_maps(
@@ -558,6 +890,15 @@ class HDMNet(nn.Module):
     ) -> list[Tensor]:
         """The correlation maps (coarse to fine) of an eval-mode forward, for figures."""
         return self.forward(query, supports, support_masks).correlations
+
+
+# Folded encoders, per model: kept outside the module so that state dicts, deep copies and DDP
+# never see their derived (possibly oneDNN-opaque) tensors.
+_ENCODERS: weakref.WeakKeyDictionary[HDMNet, FrozenEncoder] = weakref.WeakKeyDictionary()
+
+
+def _is_bn(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def build_hdmnet(
@@ -603,11 +944,16 @@ __all__ = [
     "Features",
     "HDMNet",
     "HDMNetOutput",
+    "PackedPrior",
+    "QueryCode",
+    "SupportCode",
     "build_hdmnet",
     "fix_bn",
+    "gram_distances",
     "gram_estimates",
     "gram_matrix",
     "kshot_weights",
+    "packed_prior",
     "prior_similarity",
     "prior_similarity_dense",
     "weighted_gap",

@@ -8,6 +8,7 @@ Tokens are ``[B, N, C]`` with N = h * w in row-major order; feature maps are ``[
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,40 @@ def to_tokens(x: Tensor) -> Tensor:
 def to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
     """``[B, h*w, C]`` -> ``[B, C, h, w]``."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
+
+
+@dataclass
+class SupportStage:
+    """One transformer stage's view of a batch of N supports: match-layer keys and values
+    ``[N, heads, L, d]`` and the binary token mask ``[N, L]``."""
+
+    k: Tensor
+    v: Tensor
+    mask: Tensor
+
+    def per_query(self, shots: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Regroup ``N = B * shots`` supports into B sequences of ``shots * L`` tokens."""
+        n, h, length, d = self.k.shape
+        b = n // shots
+
+        def regroup(x: Tensor) -> Tensor:
+            if shots == 1:
+                return x
+            return x.reshape(b, shots, h, length, d).transpose(1, 2).reshape(b, h, -1, d)
+
+        return regroup(self.k), regroup(self.v), self.mask.reshape(b, shots * length)
+
+    @staticmethod
+    def cat(stages: list[SupportStage]) -> SupportStage:
+        return SupportStage(
+            torch.cat([s.k for s in stages]),
+            torch.cat([s.v for s in stages]),
+            torch.cat([s.mask for s in stages]),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.mask.nbytes
 
 
 class PatchEmbed(nn.Module):
@@ -101,7 +136,12 @@ class SelfAttention(nn.Module):
 
 
 def matching_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, temperature: float = MATCH_TEMPERATURE
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    temperature: float = MATCH_TEMPERATURE,
+    keys_normalized: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The matching module on per-head tensors (dense reference form).
 
@@ -109,10 +149,11 @@ def matching_attention(
     support token). q and k are L2-normalised, scores = q k^T / temperature, softmax over the
     QUERY axis, background columns zeroed (no renormalisation), out = A v. Returns the output
     ``[B, H, Lq, d]`` and the correlation map ``[B, Lq]``: the mean of the raw scores over
-    foreground support tokens, averaged over heads.
+    foreground support tokens, averaged over heads. ``keys_normalized``: k is already
+    L2-normalised (:meth:`CrossAttention.project_support`).
     """
     qn = F.normalize(q, dim=-1, eps=1e-12)
-    kn = F.normalize(k, dim=-1, eps=1e-12)
+    kn = k if keys_normalized else F.normalize(k, dim=-1, eps=1e-12)
     scores = qn @ kn.transpose(-2, -1) / temperature
     m = mask[:, None, None, :]
     attn = scores.softmax(dim=-2) * m
@@ -121,7 +162,12 @@ def matching_attention(
 
 
 def matching_attention_sparse(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, temperature: float = MATCH_TEMPERATURE
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    temperature: float = MATCH_TEMPERATURE,
+    keys_normalized: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Same result as :func:`matching_attention`, computed on foreground support tokens only.
 
@@ -130,7 +176,7 @@ def matching_attention_sparse(
     columns changes no value; it saves most of the time and memory at 60x60 with K shots.
     """
     qn = F.normalize(q, dim=-1, eps=1e-12)
-    kn = F.normalize(k, dim=-1, eps=1e-12)
+    kn = k if keys_normalized else F.normalize(k, dim=-1, eps=1e-12)
     outs, corrs = [], []
     for b in range(q.shape[0]):
         idx = mask[b].nonzero().squeeze(1)
@@ -159,7 +205,12 @@ def dot_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor
 
 
 class CrossAttention(nn.Module):
-    """Query tokens attend to the (K-shot concatenated) support tokens."""
+    """Query tokens attend to the (K-shot concatenated) support tokens.
+
+    The support side (:meth:`project_support`: keys, L2-normalised for the matching module, and
+    values) does not depend on the query, so an evaluator computes it once per support and
+    reuses it (:meth:`attend`); ``forward`` is the two composed.
+    """
 
     def __init__(self, dim: int, heads: int, attention: str = "matching") -> None:
         super().__init__()
@@ -170,15 +221,28 @@ class CrossAttention(nn.Module):
         # Foreground-only evaluation of the matching module (same values, less work).
         self.sparse = True
 
-    def forward(self, query: Tensor, support: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        q, k, v = self.attn.qkv(query, support)
+    def project_support(self, support: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[N, heads, L, d]`` of support tokens ``[N, L, C]``."""
+        k = self.attn.split(self.attn.linear_k(support))
+        v = self.attn.split(self.attn.linear_v(support))
+        if self.attention == "matching":
+            k = F.normalize(k, dim=-1, eps=1e-12)
+        return k, v
+
+    def attend(self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Output tokens ``[B, Lq, C]`` and correlation ``[B, Lq]`` from projected supports."""
+        q = self.attn.split(self.attn.linear_q(query))
         if self.attention == "dot":
             out, corr = dot_attention(q, k, v, mask)
         elif self.sparse:
-            out, corr = matching_attention_sparse(q, k, v, mask)
+            out, corr = matching_attention_sparse(q, k, v, mask, keys_normalized=True)
         else:
-            out, corr = matching_attention(q, k, v, mask)
+            out, corr = matching_attention(q, k, v, mask, keys_normalized=True)
         return self.attn.merge(out), corr
+
+    def forward(self, query: Tensor, support: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.project_support(support)
+        return self.attend(query, k, v, mask)
 
 
 class MixFFN(nn.Module):
@@ -226,12 +290,21 @@ class MatchLayer(nn.Module):
         self.ffn = MixFFN(dim, dim * mlp_ratio, drop)
         self.drop = nn.Dropout(drop)
 
+    def project_support(self, support: Tensor) -> tuple[Tensor, Tensor]:
+        """The query-independent half: keys and values of the layer-normed support tokens."""
+        return self.attn.project_support(self.norm1(support))
+
+    def attend(
+        self, x: Tensor, hw: tuple[int, int], k: Tensor, v: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        out, corr = self.attn.attend(self.norm1(x), k, v, mask)
+        x = x + self.drop(out)
+        return x + self.ffn(self.norm2(x), hw), corr
+
     def forward(
         self, x: Tensor, hw: tuple[int, int], support: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
-        out, corr = self.attn(self.norm1(x), self.norm1(support), mask)
-        x = x + self.drop(out)
-        return x + self.ffn(self.norm2(x), hw), corr
+        return self.attend(x, hw, *self.project_support(support), mask)
 
 
 class ConvModule(nn.Module):
@@ -307,6 +380,62 @@ class MixTransformer(nn.Module):
         )
         self.cls = _bottleneck_head(embed_dim, 2)
 
+    def _stages(self, x: Tensor) -> list[tuple[Tensor, tuple[int, int]]]:
+        """Tokens (after each stage's LayerNorm) and spatial shape, finest stage first."""
+        out = []
+        for embed, layer1, layer2, norm in self.down_sample_layers:
+            tok, hw = embed(x)
+            tok = norm(layer2(layer1(tok, hw), hw))
+            out.append((tok, hw))
+            x = to_map(tok, hw)
+        return out
+
+    def encode_support(self, support: Tensor, support_mask: Tensor) -> list[SupportStage]:
+        """The support half of the transformer, which does not depend on the query.
+
+        ``support`` ``[N, C, h, w]``, ``support_mask`` ``[N, 1, H, W]`` binary at image
+        resolution. Per stage (finest first): keys and values ``[N, heads, L, d]`` of the match
+        layer and the token mask ``[N, L]`` (legacy "nearest" resize, flattened like the tokens).
+        """
+        stages = []
+        for i, (tok, hw) in enumerate(self._stages(support)):
+            mask = F.interpolate(support_mask, size=hw, mode="nearest").flatten(1)
+            k, v = self.match_layers[i][0].project_support(tok)
+            stages.append(SupportStage(k, v, mask))
+        return stages
+
+    def decode(
+        self, query: Tensor, support: list[SupportStage], similarity: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Meta logits ``[B, 2, h, w]`` and correlation maps (coarse to fine) of a query batch.
+
+        ``support`` comes from :meth:`encode_support` on ``B * K`` supports (item b * K + k is
+        shot k of query b); the K shots' tokens are concatenated along the sequence.
+        """
+        b = query.shape[0]
+        n = support[0].mask.shape[0]
+        if n % b:
+            raise ValueError(f"support batch {n} is not a multiple of the query batch {b}")
+        shots = n // b
+        outs: Tensor | None = None
+        corrs = []
+        query_stages = self._stages(query)
+        for i in reversed(range(self.num_stages)):
+            match, conv = self.match_layers[i]
+            q_tok, q_hw = query_stages[i]
+            k, v, mask = support[i].per_query(shots)
+            x, corr = match.attend(q_tok, q_hw, k, v, mask)
+            corrs.append(corr.reshape(b, q_hw[0], q_hw[1]))
+            sim = F.interpolate(similarity, size=q_hw, mode="bilinear", align_corners=True)
+            x = conv(torch.cat([to_map(x, q_hw), sim], 1))
+            if outs is None:
+                outs = self.parse_layers[i](x)
+            else:
+                up = F.interpolate(outs, size=q_hw, mode="bilinear", align_corners=False)
+                outs = up + self.parse_layers[i](x + up)
+        assert outs is not None
+        return self.cls(outs), corrs
+
     def forward(
         self, query: Tensor, support: Tensor, support_mask: Tensor, similarity: Tensor
     ) -> tuple[Tensor, list[Tensor]]:
@@ -323,34 +452,7 @@ class MixTransformer(nn.Module):
                 f"support batch {support.shape[0]} / mask batch {support_mask.shape[0]} "
                 f"is not a multiple of the query batch {b}"
             )
-        shots = support.shape[0] // b
-        stages = []
-        for embed, layer1, layer2, norm in self.down_sample_layers:
-            q_tok, q_hw = embed(query)
-            s_tok, s_hw = embed(support)
-            # Legacy "nearest" resize of the full-resolution mask, flattened like the tokens.
-            mask = F.interpolate(support_mask, size=s_hw, mode="nearest").reshape(b, -1)
-            sim = F.interpolate(similarity, size=q_hw, mode="bilinear", align_corners=True)
-            q_tok = norm(layer2(layer1(q_tok, q_hw), q_hw))
-            s_tok = norm(layer2(layer1(s_tok, s_hw), s_hw))
-            query, support = to_map(q_tok, q_hw), to_map(s_tok, s_hw)
-            stages.append((q_tok, q_hw, s_tok.reshape(b, shots * s_tok.shape[1], -1), mask, sim))
-
-        outs: Tensor | None = None
-        corrs = []
-        for i in reversed(range(self.num_stages)):
-            match, conv = self.match_layers[i]
-            q_tok, q_hw, s_tok, mask, sim = stages[i]
-            x, corr = match(q_tok, q_hw, s_tok, mask)
-            corrs.append(corr.reshape(b, q_hw[0], q_hw[1]))
-            x = conv(torch.cat([to_map(x, q_hw), sim], 1))
-            if outs is None:
-                outs = self.parse_layers[i](x)
-            else:
-                up = F.interpolate(outs, size=q_hw, mode="bilinear", align_corners=False)
-                outs = up + self.parse_layers[i](x + up)
-        assert outs is not None
-        return self.cls(outs), corrs
+        return self.decode(query, self.encode_support(support, support_mask), similarity)
 
 
 class Transformer(nn.Module):
@@ -377,6 +479,7 @@ __all__ = [
     "MultiheadProjection",
     "PatchEmbed",
     "SelfAttention",
+    "SupportStage",
     "Transformer",
     "dot_attention",
     "matching_attention",
