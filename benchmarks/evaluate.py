@@ -76,7 +76,7 @@ def quick_checkpoint(params: Params, run: Run) -> Path:
 
     quick = params.with_overrides(QUICK_TRAINING)
     print("training a quick base and meta learner (1 epoch each) ...")
-    train_base(quick, run.dataset, run.backbone, run.fold)
+    train_base(quick, run.base)
     record = train_meta(quick, run)
     return Path(record["checkpoints"]["best"]["path"])
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             "tracking.enabled=false",
         ],
     )
-    run = Run("pascal", "small", "full", args.fold, args.shot)
+    run = Run("pascal", "small", "full", args.fold, args.shot, params.grid.train_seeds[0])
     if args.data is None:
         prepare_data(params)
     checkpoint = args.checkpoint or quick_checkpoint(params, run)

@@ -58,7 +58,11 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
     monkeypatch.setitem(cli.COMMANDS, "config", fails_with(StageError("x.pth: not found")))
     assert cli.main(["config"]) == 2
     assert capsys.readouterr().err == "hdmnet config: error: x.pth: not found\n"
-    for bug in (ValueError("shape mismatch"), RuntimeError("CUDA out of memory"), OSError(5, "I/O")):
+    for bug in (
+        ValueError("shape mismatch"),
+        RuntimeError("CUDA out of memory"),
+        OSError(5, "I/O"),
+    ):
         monkeypatch.setitem(cli.COMMANDS, "config", fails_with(bug))
         with pytest.raises(type(bug)):
             cli.main(["config"])

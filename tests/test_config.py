@@ -32,7 +32,7 @@ def test_defaults_fill_every_key_from_the_schema(tmp_path):
     empty = tmp_path / "params.yaml"
     empty.write_text("{}\n")
     params = load_params(empty)
-    assert params.train.seed == 321
+    assert params.grid.train_seeds == [321]
     assert params.eval.seeds == [510, 365, 382, 322, 988, 98, 742, 17, 595, 106]
     assert params.meta.pascal.scale == [0.9, 1.1]
     assert params.data.min_pixels == 2048
@@ -134,13 +134,13 @@ def test_shot_epochs_set_one_shot_count_and_retrain_only_its_jobs():
         ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={5: 4}"]
     )
     for shot, same in ((1, True), (5, False)):
-        run = Run("pascal", "small", "full", 0, shot)
+        run = Run("pascal", "small", "full", 0, shot, 321)
         assert (meta_learner(params, run) == meta_learner(changed, run)) is same
     # Listing a shot with the default epoch count is the same job as not listing it.
     spelled = load_params(
         ROOT / "params.yaml", ["meta.pascal.epochs=5", "meta.pascal.shot_epochs={1: 5, 5: 3}"]
     )
-    run = Run("pascal", "small", "full", 0, 1)
+    run = Run("pascal", "small", "full", 0, 1, 321)
     assert meta_learner(spelled, run) == meta_learner(params, run)
 
 
@@ -197,7 +197,7 @@ def test_a_variant_that_acts_only_with_several_shots_is_refused_at_one_shot(tmp_
 
     runs = ablation_runs(load_params(ROOT / "params.yaml"))
     assert [r for r in runs if r.variant == "fixed_quirks"] == [
-        Run("pascal", "small", "fixed_quirks", 0, 5)
+        Run("pascal", "small", "fixed_quirks", 0, 5, 321)
     ]
     assert all(r.shot == 1 for r in runs if r.variant != "fixed_quirks")
 

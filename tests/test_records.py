@@ -21,7 +21,7 @@ from hdmnet.records import (
     write_record,
 )
 
-RUN = Run("pascal", "small", "full", 1, 1)
+RUN = Run("pascal", "small", "full", 1, 1, 321)
 META_IDENT = {"dataset": "pascal", "backbone": "small", "fold": 1, "shot": 1, "variant": "full"}
 
 

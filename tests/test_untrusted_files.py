@@ -14,7 +14,7 @@ import yaml
 from hdmnet import layout
 from hdmnet.cli import main
 from hdmnet.config import ParamsError, load_params
-from hdmnet.layout import Run
+from hdmnet.layout import BaseRun, Run
 
 GRID = ["--dataset", "pascal", "--backbone", "small", "--fold", "0"]
 
@@ -57,13 +57,13 @@ def test_a_yaml_tag_in_a_parameter_file_is_refused(tmp_path):
 def test_a_crafted_checkpoint_is_refused_unread(params_file, tmp_path, capsys, where):
     params = load_params(params_file)
     marker = tmp_path / "code-ran"
-    run = Run("pascal", "small", "full", 0, 1)
+    run = Run("pascal", "small", "full", 0, 1, 321)
     common = ["--params", str(params_file), *GRID]
     if where == "meta checkpoint":
         path = crafted(layout.meta_checkpoint(params, run), marker)
         code = main(["evaluate", *common, "--shot", "1"])
     elif where == "base checkpoint":
-        path = crafted(layout.base_checkpoint(params, "pascal", "small", 0), marker)
+        path = crafted(layout.base_checkpoint(params, BaseRun("pascal", "small", 0, 321)), marker)
         code = main(["train", *common, "--shot", "1"])
     else:
         path = crafted(tmp_path / "downloaded.pth", marker)

@@ -6,15 +6,16 @@ Heavy imports (torch, mlflow) happen inside the commands so that ``--help`` stay
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hdmnet import __version__
-from hdmnet.config import Params, ParamsError, load_params
+from hdmnet.config import BACKBONES, DATASETS, Params, ParamsError, load_params
 from hdmnet.errors import HdmnetError, StageError
-from hdmnet.layout import Run
+from hdmnet.layout import BaseRun, Run
 
 log = logging.getLogger("hdmnet")
 
@@ -39,15 +40,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _grid_args(parser: argparse.ArgumentParser, shot: bool, variant: bool) -> None:
-    parser.add_argument("--dataset", choices=["pascal", "coco"], required=True)
-    parser.add_argument(
-        "--backbone", choices=["small", "resnet50", "resnet101", "vgg16"], required=True
-    )
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--backbone", choices=BACKBONES, required=True)
     parser.add_argument("--fold", type=int, choices=range(4), required=True, metavar="{0..3}")
     if shot:
         parser.add_argument("--shot", type=int, required=True)
     if variant:
         parser.add_argument("--variant", default="full", help="ablation variant (default: full)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="training seed (default: the first of grid.train_seeds)",
+    )
 
 
 def _nproc_arg(parser: argparse.ArgumentParser) -> None:
@@ -85,12 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--dataset",
         action="append",
-        choices=["pascal", "coco"],
+        choices=DATASETS,
         help="data set whose archives to fetch (repeatable; default: grid.datasets)",
     )
 
     cmd = add("prepare", "convert masks, build full lists, fold lists and base annotations")
-    cmd.add_argument("dataset", choices=["pascal", "coco"])
+    cmd.add_argument("dataset", choices=DATASETS)
 
     cmd = add("train-base", "train the PSPNet base learner of one dataset, backbone and fold")
     _grid_args(cmd, shot=False, variant=False)
@@ -171,8 +175,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_of(args: argparse.Namespace) -> Run:
-    return Run(args.dataset, args.backbone, args.variant, args.fold, args.shot)
+def _seed_of(args: argparse.Namespace, params: Params) -> int:
+    return params.grid.train_seeds[0] if args.seed is None else args.seed
+
+
+def _base_of(args: argparse.Namespace, params: Params) -> BaseRun:
+    return BaseRun(args.dataset, args.backbone, args.fold, _seed_of(args, params))
+
+
+def _run_of(args: argparse.Namespace, params: Params) -> Run:
+    seed = _seed_of(args, params)
+    return Run(args.dataset, args.backbone, args.variant, args.fold, args.shot, seed)
 
 
 def _launch(args: argparse.Namespace, job: Callable[[Params], object]) -> int:
@@ -194,13 +207,13 @@ def _launch(args: argparse.Namespace, job: Callable[[Params], object]) -> int:
 def _cmd_train_base(args: argparse.Namespace) -> int:
     from hdmnet.train.base import train_base
 
-    return _launch(args, lambda p: train_base(p, args.dataset, args.backbone, args.fold))
+    return _launch(args, lambda p: train_base(p, _base_of(args, p)))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hdmnet.train.meta import train_meta
 
-    return _launch(args, lambda p: train_meta(p, _run_of(args)))
+    return _launch(args, lambda p: train_meta(p, _run_of(args, p)))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -214,9 +227,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     external = External(args.name, args.checkpoint) if args.checkpoint else None
     params = load_params(args.params, args.overrides)
+    run = _run_of(args, params)
+    if external is not None:
+        if args.seed is not None:
+            raise StageError("--seed names a training of this pipeline; not with --checkpoint")
+        run = dataclasses.replace(run, seed=None)
     with launch.claim_gpus(min(1, params.train.gpus)):
-        record = evaluate(params, _run_of(args), external)
-    label = f"{_run_of(args).name}" + (f" (external: {args.name})" if external else "")
+        record = evaluate(params, run, external)
+    label = run.name + (f" (external: {args.name})" if external else "")
     print(
         f"{label}: mIoU {record['miou']:.2f} "
         f"(meta {record['outputs']['meta']['miou']:.2f}), FB-IoU {record['fbiou']:.2f}"
@@ -228,7 +246,7 @@ def _cmd_import_base(args: argparse.Namespace) -> int:
     from hdmnet.train.base import import_base_learner
 
     params = load_params(args.params, args.overrides)
-    record = import_base_learner(params, args.dataset, args.backbone, args.fold, args.checkpoint)
+    record = import_base_learner(params, _base_of(args, params), args.checkpoint)
     print(
         f"{args.checkpoint} installed as {record['checkpoints']['best']['path']} "
         f"(with its record): the workflow uses it instead of training a base learner"

@@ -82,6 +82,7 @@ class Grid:
     folds: list[int]
     shots: list[int]
     backbones: list[str]
+    train_seeds: list[int]
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,6 @@ class Meta:
 
 @dataclass(frozen=True)
 class Train:
-    seed: int
     workers: int
     gpus: int
     threads: int
@@ -234,6 +234,12 @@ def schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+# The benchmarks and backbones, as the schema defines them: the CLI's choices, the workflow's
+# wildcard constraints and the model's registry derive from these.
+DATASETS: tuple[str, ...] = tuple(schema()["definitions"]["dataset"]["enum"])
+BACKBONES: tuple[str, ...] = tuple(schema()["definitions"]["backbone"]["enum"])
+
+
 def load_params(
     path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()
 ) -> Params:
@@ -278,7 +284,7 @@ def _typed(raw: Mapping[str, Any], source: str) -> Params:
     data = fill_defaults(copy.deepcopy(dict(raw)), schema())
     _check_finite(data, source)
     validate(data, source)
-    for dataset in ("pascal", "coco"):
+    for dataset in DATASETS:
         for shot in data["meta"][dataset]["shot_epochs"]:
             if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
                 raise ParamsError(
@@ -309,7 +315,7 @@ def variant_keys() -> list[str]:
         key.format(dataset=dataset)
         for stage in ("train", "evaluate")
         for key in STAGE_KEYS[stage]
-        for dataset in ("pascal", "coco")
+        for dataset in DATASETS
     ]
     return sorted(set(keys))
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hdmnet.config import Params
-    from hdmnet.layout import Run
+    from hdmnet.layout import BaseRun, Run
 
 # Parameter keys per stage, as dotted paths; "{dataset}" is filled in per job. Upstream results
 # are covered by the chain, so a stage lists only the keys it reads itself.
@@ -47,7 +47,6 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "model.small_width",
         "model.pretrained",
         "model.bf16",
-        "train.seed",
         "data.coco_split",
     ),
     "train": (
@@ -70,7 +69,6 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "model.embed_dim",
         "model.bf16",
         "data.exclude_novel",
-        "train.seed",
         # Validation episodes (which select the best checkpoint) use the support annotation.
         "eval.support_annotation",
     ),
@@ -112,10 +110,13 @@ def prepare(params: Params, dataset: str) -> str:
     )
 
 
-def base_learner(params: Params, dataset: str, backbone: str, fold: int) -> str:
-    """The PSPNet base learner of (dataset, backbone, fold)."""
-    cell = {"dataset": dataset, "backbone": backbone, "fold": fold}
-    return _identity("train_base", params, dataset, {**cell, "upstream": prepare(params, dataset)})
+def base_learner(params: Params, base: BaseRun) -> str:
+    """A PSPNet base learner (dataset, backbone, fold, training seed)."""
+    cell = {"dataset": base.dataset, "backbone": base.backbone, "fold": base.fold}
+    upstream = prepare(params, base.dataset)
+    return _identity(
+        "train_base", params, base.dataset, {**cell, "seed": base.seed, "upstream": upstream}
+    )
 
 
 def meta_learner(params: Params, run: Run) -> str:
@@ -126,7 +127,7 @@ def meta_learner(params: Params, run: Run) -> str:
     # spelling out the default) is not a change to this job.
     del values[f"meta.{run.dataset}.shot_epochs"]
     values[f"meta.{run.dataset}.epochs"] = getattr(variant.meta, run.dataset).epochs_for(run.shot)
-    upstream = base_learner(params, run.dataset, run.backbone, run.fold)
+    upstream = base_learner(params, run.base)
     return _hash("train", {**values, **_cell(run), "upstream": upstream})
 
 
@@ -147,7 +148,8 @@ def external_evaluation(params: Params, run: Run, checkpoint_sha256: str) -> str
 
 def _cell(run: Run) -> dict[str, Any]:
     # The variant's name is not part of the identity: its values are.
-    return {"dataset": run.dataset, "backbone": run.backbone, "fold": run.fold, "shot": run.shot}
+    cell = {"dataset": run.dataset, "backbone": run.backbone, "fold": run.fold, "shot": run.shot}
+    return {**cell, "seed": run.seed}
 
 
 def _identity(stage: str, params: Params, dataset: str | None, extra: dict[str, Any]) -> str:

@@ -7,12 +7,14 @@ data/                       inputs (never committed)
   {pascal,coco}/            prepared images, masks, full lists, pixel counts
   {pascal,coco}/folds/<split>/fold<i>/  fold lists (train/val, per-class lists, summary)
 results/
-  base/<dataset>/<backbone>/fold<i>/            base learner (PSPNet) checkpoints and record
-  meta/<dataset>/<backbone>/<variant>/fold<i>/shot<k>/   HDMNet checkpoints and record
-  metrics/<dataset>/<backbone>/<variant>/fold<i>-shot<k>.json   evaluation records
+  base/<dataset>/<backbone>/fold<i>/seed<s>/    base learner (PSPNet) checkpoints and record
+  meta/<dataset>/<backbone>/<variant>/fold<i>/shot<k>/seed<s>/   HDMNet checkpoints and record
+  metrics/<dataset>/<backbone>/<variant>/fold<i>-shot<k>-seed<s>.json   evaluation records
   external/<name>/<dataset>/<backbone>/<variant>/fold<i>-shot<k>.json   records of checkpoints
                             made elsewhere (hdmnet evaluate --checkpoint FILE --name NAME)
   tables/ figures/ report/
+
+``<s>`` is the training seed (``grid.train_seeds``): every learner is trained once per seed.
 """
 
 from __future__ import annotations
@@ -26,18 +28,43 @@ COCO_SPLITS = ("fwb", "panet")
 
 
 @dataclass(frozen=True)
+class BaseRun:
+    """One base learner: a dataset, backbone, fold and training seed."""
+
+    dataset: str
+    backbone: str
+    fold: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"base-{self.dataset}-{self.backbone}-fold{self.fold}-seed{self.seed}"
+
+
+@dataclass(frozen=True)
 class Run:
-    """One cell of the grid: a meta-learner run and its evaluation."""
+    """One cell of the grid: a meta-learner run and its evaluation. ``seed`` is the training
+    seed (None for a checkpoint trained elsewhere)."""
 
     dataset: str
     backbone: str
     variant: str
     fold: int
     shot: int
+    seed: int | None
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.backbone}-{self.variant}-fold{self.fold}-shot{self.shot}"
+        seed = "" if self.seed is None else f"-seed{self.seed}"
+        cell = f"{self.dataset}-{self.backbone}-{self.variant}-fold{self.fold}-shot{self.shot}"
+        return cell + seed
+
+    @property
+    def base(self) -> BaseRun:
+        """The base learner this run's meta learner starts from."""
+        if self.seed is None:
+            raise ValueError(f"{self.name}: a run without a training seed has no base learner")
+        return BaseRun(self.dataset, self.backbone, self.fold, self.seed)
 
 
 def data_dir(params: Params) -> Path:
@@ -78,12 +105,19 @@ def fold_dir(params: Params, dataset: str, fold: int) -> Path:
     return prepared_dir(params, dataset) / "folds" / split_name(params, dataset) / f"fold{fold}"
 
 
-def base_dir(params: Params, dataset: str, backbone: str, fold: int) -> Path:
-    return results_dir(params) / "base" / dataset / backbone / f"fold{fold}"
+def base_dir(params: Params, base: BaseRun) -> Path:
+    return (
+        results_dir(params)
+        / "base"
+        / base.dataset
+        / base.backbone
+        / f"fold{base.fold}"
+        / f"seed{base.seed}"
+    )
 
 
-def base_checkpoint(params: Params, dataset: str, backbone: str, fold: int) -> Path:
-    return base_dir(params, dataset, backbone, fold) / "best.pth"
+def base_checkpoint(params: Params, base: BaseRun) -> Path:
+    return base_dir(params, base) / "best.pth"
 
 
 def meta_dir(params: Params, run: Run) -> Path:
@@ -95,6 +129,7 @@ def meta_dir(params: Params, run: Run) -> Path:
         / run.variant
         / f"fold{run.fold}"
         / f"shot{run.shot}"
+        / f"seed{run.seed}"
     )
 
 
@@ -111,7 +146,7 @@ def metrics_file(params: Params, run: Run) -> Path:
         / run.dataset
         / run.backbone
         / run.variant
-        / f"fold{run.fold}-shot{run.shot}.json"
+        / f"fold{run.fold}-shot{run.shot}-seed{run.seed}.json"
     )
 
 
@@ -145,26 +180,29 @@ def report_file(params: Params) -> Path:
 
 
 def main_runs(params: Params) -> list[Run]:
-    """The full model on the whole grid."""
+    """The full model on the whole grid, once per training seed."""
     grid = params.grid
     return [
-        Run(dataset, backbone, "full", fold, shot)
+        Run(dataset, backbone, "full", fold, shot, seed)
         for dataset in grid.datasets
         for backbone in grid.backbones
         for fold in grid.folds
         for shot in grid.shots
+        for seed in grid.train_seeds
     ]
 
 
 def ablation_runs(params: Params) -> list[Run]:
-    """Each ablation variant on the ablation part of the grid, at the shots it acts at."""
+    """Each ablation variant on the ablation part of the grid, at the shots it acts at, once per
+    training seed."""
     ab = params.ablation
     return [
-        Run(dataset, backbone, variant, fold, shot)
+        Run(dataset, backbone, variant, fold, shot, seed)
         for variant, shot in ab.settings()
         for dataset in ab.datasets
         for backbone in ab.backbones
         for fold in ab.folds
+        for seed in params.grid.train_seeds
     ]
 
 
@@ -177,9 +215,6 @@ def all_runs(params: Params) -> list[Run]:
     return list(seen)
 
 
-def base_learners(params: Params) -> list[tuple[str, str, int]]:
-    """(dataset, backbone, fold) of every base learner the runs need."""
-    seen: dict[tuple[str, str, int], None] = {}
-    for run in all_runs(params):
-        seen.setdefault((run.dataset, run.backbone, run.fold), None)
-    return list(seen)
+def base_learners(params: Params) -> list[BaseRun]:
+    """Every base learner the runs need."""
+    return list(dict.fromkeys(run.base for run in all_runs(params)))

@@ -120,7 +120,7 @@ def test_a_missing_meta_checkpoint_names_the_training_stage(trained, tmp_path, c
     grid = ["--dataset", "pascal", "--backbone", "small", "--fold", "0", "--shot", "1"]
     assert main(["evaluate", "--params", str(params_file), *grid, "--variant", "stages_1"]) == 2
     err = capsys.readouterr().err
-    missing = layout.meta_dir(params, Run("pascal", "small", "stages_1", 0, 1))
+    missing = layout.meta_dir(params, Run("pascal", "small", "stages_1", 0, 1, 321))
     assert str(missing / "best.pth") in err and "not found" in err
     assert (
         "hdmnet train --dataset pascal --backbone small --fold 0 --shot 1 --variant stages_1" in err

@@ -51,7 +51,7 @@ def test_the_pipeline_has_a_parent_run_and_three_named_children(trained, runs):
     assert parent.data.tags["stage"] == "pipeline"
     names = {stage: run.info.run_name for stage, run in by_stage.items()}
     assert names == {
-        "train-base": "base-pascal-small-fold0",
+        "train-base": "base-pascal-small-fold0-seed321",
         "train": RUN.name,
         "evaluate": RUN.name,
     }
@@ -68,7 +68,7 @@ def test_runs_carry_the_parameters_and_provenance_tags(trained, runs):
     for stage, run in by_stage.items():
         params, tags = run.data.params, run.data.tags
         assert params["meta.pascal.epochs"] == "2" and params["base.pascal.crop"] == "65"
-        assert params["eval.seeds"] == "[510, 365]" and params["train.seed"] == "321"
+        assert params["eval.seeds"] == "[510, 365]" and params["grid.train_seeds"] == "[321]"
         assert tags["stage"] == stage and tags["preset"] == "default"
         assert tags["dataset"] == "pascal" and tags["backbone"] == "small"
         assert tags["fold"] == "0"

@@ -15,6 +15,7 @@ from tests.train.test_engines import (
 )
 
 from hdmnet import layout
+from hdmnet.layout import BaseRun
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ENV.pop("MLFLOW_TRACKING_URI", None)
@@ -55,7 +56,7 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(embedded_data, tmp_path
     done = train_base_2_processes(write_params(params, tmp_path / "params.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
 
-    out = layout.base_dir(params, "pascal", "small", 0)
+    out = layout.base_dir(params, BaseRun("pascal", "small", 0, 321))
     # One set of outputs, no temp files left; the finished run dropped its resume state.
     assert sorted(p.name for p in out.iterdir()) == ["best.pth", "last.pth", "record.json"]
     record = json.loads((out / "record.json").read_text())
@@ -91,5 +92,5 @@ def test_a_global_batch_the_processes_cannot_share_fails_clearly(embedded_data, 
     output = done.stdout + done.stderr
     assert "global batch 5 is not divisible by 2 processes" in output
     assert "batch_size parameter to a multiple" in output
-    out = layout.base_dir(params, "pascal", "small", 0)
+    out = layout.base_dir(params, BaseRun("pascal", "small", 0, 321))
     assert not out.exists() or not any(out.iterdir())

@@ -25,9 +25,9 @@ import yaml
 from hdmnet import layout
 from hdmnet.cli import main
 from hdmnet.config import Params
-from hdmnet.layout import Run
+from hdmnet.layout import BaseRun, Run
 
-RUN = Run("pascal", "small", "full", 0, 1)
+RUN = Run("pascal", "small", "full", 0, 1, 321)
 GRID = ["--dataset", "pascal", "--backbone", "small", "--fold", "0"]
 
 # Small but learnable, and pinned here so that edits to the default preset do not change it:
@@ -61,7 +61,7 @@ TINY = [
     "eval.seeds=[510, 365]",
     "eval.support_annotation=mask",
     "eval.cache_mb=1024",
-    "train.seed=321",
+    "grid.train_seeds=[321]",
     "train.workers=0",
     "train.threads=1",
     "tracking.enabled=true",
@@ -114,7 +114,7 @@ def trained_setup(embedded: Params) -> Trained:
             ]
             end_parent_run(params, parent, ok=codes == [0, 0, 0])
         assert codes == [0, 0, 0]
-        base_dir = layout.base_dir(params, "pascal", "small", 0)
+        base_dir = layout.base_dir(params, BaseRun("pascal", "small", 0, 321))
         setup = {
             "parent_run_id": parent,
             "base": json.loads((base_dir / "record.json").read_text()),
@@ -217,7 +217,7 @@ def test_meta_training_names_the_missing_base_learner_stage(trained, tmp_path, c
 
 def test_meta_training_refuses_a_base_learner_of_another_fold(trained, tmp_path, capsys):
     params = trained.params.with_overrides([f"paths.results={tmp_path / 'results'}"])
-    foreign = layout.base_checkpoint(params, "pascal", "small", 1)
+    foreign = layout.base_checkpoint(params, BaseRun("pascal", "small", 1, 321))
     foreign.parent.mkdir(parents=True)
     shutil.copy(trained.base["checkpoints"]["best"]["path"], foreign)
     params_file = write_params(params, tmp_path / "p.yaml")
@@ -225,4 +225,4 @@ def test_meta_training_refuses_a_base_learner_of_another_fold(trained, tmp_path,
     assert main(["train", "--params", str(params_file), *grid]) == 2
     err = capsys.readouterr().err
     assert str(foreign) in err and "fold" in err and "expected 1" in err
-    assert not (layout.meta_dir(params, Run("pascal", "small", "full", 1, 1))).exists()
+    assert not (layout.meta_dir(params, Run("pascal", "small", "full", 1, 1, 321))).exists()

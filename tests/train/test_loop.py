@@ -167,3 +167,30 @@ def _pickle_running(command: str) -> bytes:
     buffer = io.BytesIO()
     torch.save({"format": "hdmnet-train-state", "meta": Payload()}, buffer)
     return buffer.getvalue()
+
+
+class RecordingTracker:
+    """Stands in for an MLflow run: remembers what would be logged."""
+
+    run_id = "fake"
+
+    def __init__(self) -> None:
+        self.artifacts: list[tuple[str, str | None]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        self.artifacts.append((Path(path).name, artifact_path))
+
+
+@pytest.mark.parametrize("upload", [False, True])
+def test_checkpoints_are_logged_as_artifacts_when_asked(tmp_path, upload):
+    run = Run(tmp_path / "run")
+    run.params = run.params.with_overrides([f"tracking.upload_checkpoints={str(upload).lower()}"])
+    run.loop.tracker = tracker = RecordingTracker()
+    run.finish()
+    expected = [("record.json", None)]
+    if upload:
+        expected += [("best.pth", "checkpoints"), ("last.pth", "checkpoints")]
+    assert tracker.artifacts == expected

@@ -16,6 +16,7 @@ import torch
 from tests.train.test_engines import GRID, RUN, trained_setup, write_params
 
 from hdmnet import layout
+from hdmnet.layout import BaseRun
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ENV.pop("MLFLOW_TRACKING_URI", None)
@@ -107,9 +108,9 @@ def test_killed_base_training_resumes_to_the_uninterrupted_result(embedded_data,
         ],
     )
     params_file = write_params(params, tmp_path / "params.yaml")
-    out = layout.base_dir(params, "pascal", "small", 0)
+    out = layout.base_dir(params, BaseRun("pascal", "small", 0, 321))
     log = run_killed_and_resumed("train-base", params_file, out, tmp_path)
-    assert "resuming base-pascal-small-fold0 at epoch 2" in log
+    assert "resuming base-pascal-small-fold0-seed321 at epoch 2" in log
     assert "epoch 1/2:" not in log and "epoch 2/2:" in log  # epoch 1 was not trained again
 
 
@@ -128,14 +129,14 @@ def test_a_job_rerun_with_another_thread_count_resumes(embedded_data, tmp_path):
         ],
     )
     params_file = write_params(params, tmp_path / "params.yaml")
-    out = layout.base_dir(params, "pascal", "small", 0)
+    out = layout.base_dir(params, BaseRun("pascal", "small", 0, 321))
     log = tmp_path / "killed.log"
     proc = start("train-base", params_file, log)
     kill_inside_second_epoch(proc, log, out / "state.pth", "epoch 1/2:")
     resumed_log = tmp_path / "resumed.log"
     proc = start("train-base", params_file, resumed_log, "-s", "train.threads=2")
     text = finish(proc, resumed_log)
-    assert "resuming base-pascal-small-fold0 at epoch 2" in text
+    assert "resuming base-pascal-small-fold0-seed321 at epoch 2" in text
     assert "epoch 1/2:" not in text and "epoch 2/2:" in text
     record = json.loads((out / "record.json").read_text())
     assert len(record["epochs"]) == 2 and record["hardware"]["threads"] == 2
@@ -156,7 +157,7 @@ def test_killed_meta_training_resumes_to_the_uninterrupted_result(embedded_data,
         ],
     )
     base = Path(trained.base["checkpoints"]["best"]["path"])
-    target = layout.base_checkpoint(params, "pascal", "small", 0)
+    target = layout.base_checkpoint(params, BaseRun("pascal", "small", 0, 321))
     target.parent.mkdir(parents=True)
     target.write_bytes(base.read_bytes())
     params_file = write_params(params, tmp_path / "params.yaml")

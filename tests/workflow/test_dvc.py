@@ -452,8 +452,8 @@ def test_dvc_repro_and_experiments_end_to_end(tmp_path):
     # An ablation-variant change reruns that variant's stages, tables and report only.
     out = run(root, *dvc, "exp", "run", "-S", "variants.stages_1={model.stages: 2}")
     assert ran(out) == {
-        "train_variant@stages_1-pascal-small-0-1",
-        "evaluate_variant@stages_1-pascal-small-0-1",
+        "train_variant@stages_1-pascal-small-0-1-321",
+        "evaluate_variant@stages_1-pascal-small-0-1-321",
         "aggregate",
         "report",
     }

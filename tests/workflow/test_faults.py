@@ -24,9 +24,9 @@ from tests.workflow.test_pipeline import merge, run_tiny_demo
 
 from hdmnet import identity, layout
 from hdmnet.config import load_params
-from hdmnet.layout import Run
+from hdmnet.layout import BaseRun, Run
 
-RUNS = [Run("pascal", "small", variant, 0, 1) for variant in ("full", "no_distill")]
+RUNS = [Run("pascal", "small", variant, 0, 1, 321) for variant in ("full", "no_distill")]
 TWO_EPOCHS = {"meta": {"pascal": {"epochs": 2}}}
 
 
@@ -159,13 +159,13 @@ def test_a_killed_retrain_never_leaves_a_stale_number(tree):
 
     # The resumed training equals an uninterrupted one with the new rate.
     for folder in killed_dirs:
-        variant = folder.parent.parent.name
+        variant = folder.parent.parent.parent.name
         reference_tree = tree.parent / f"reference-{variant}"
         reference = new.with_overrides(
             [f"paths.results={reference_tree}", "tracking.enabled=false"]
         )
-        base = layout.base_dir(reference, "pascal", "small", 0)
-        shutil.copytree(layout.base_dir(new, "pascal", "small", 0), base)
+        base = layout.base_dir(reference, BaseRun("pascal", "small", 0, 321))
+        shutil.copytree(layout.base_dir(new, BaseRun("pascal", "small", 0, 321)), base)
         params_file = tree / f"reference-{variant}.yaml"
         params_file.write_text(yaml.safe_dump(reference.to_dict()))
         grid = ["--dataset", "pascal", "--backbone", "small", "--fold", "0", "--shot", "1"]
@@ -175,7 +175,7 @@ def test_a_killed_retrain_never_leaves_a_stale_number(tree):
              "--variant", variant],
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
-        reference_dir = layout.meta_dir(reference, Run("pascal", "small", variant, 0, 1))
+        reference_dir = layout.meta_dir(reference, Run("pascal", "small", variant, 0, 1, 321))
         for name in ("best.pth", "last.pth"):
             ours = torch.load(folder / name, weights_only=True)
             theirs = torch.load(reference_dir / name, weights_only=True)
@@ -191,7 +191,7 @@ def test_evaluating_an_external_checkpoint_leaves_the_pipelines_records_alone(tr
     results = tree / "results"
     before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
     external = tree / "official.pth"
-    shutil.copy(results / "meta/pascal/small/full/fold0/shot1/best.pth", external)
+    shutil.copy(results / "meta/pascal/small/full/fold0/shot1/seed321/best.pth", external)
     grid = ["--dataset", "pascal", "--backbone", "small", "--fold", "0", "--shot", "1"]
     command = [sys.executable, "-m", "hdmnet.cli", "evaluate", "--params", "params.yaml", *grid]
     done = run(tree, [*command, "--checkpoint", str(external), "--name", "official"])
@@ -210,7 +210,7 @@ def test_evaluating_an_external_checkpoint_leaves_the_pipelines_records_alone(tr
 
 def test_an_imported_base_learner_is_used_instead_of_training_one(tree):
     params = load_params(tree / "params.yaml", [f"paths.results={tree / 'results'}"])
-    folder = layout.base_dir(params, "pascal", "small", 0)
+    folder = layout.base_dir(params, BaseRun("pascal", "small", 0, 321))
     ours = torch.load(folder / "best.pth", weights_only=True)["state_dict"]
     bam = tree / "bam_pspnet_fold0.pth"  # BAM's layout: DataParallel prefixes, no metadata
     torch.save({"epoch": 99, "state_dict": {f"module.{k}": v for k, v in ours.items()}}, bam)

@@ -70,7 +70,7 @@ def test_demo_runs_every_stage_and_prints_the_table(pipeline):
     results = tree / "results"
     for variant in ("full", "no_distill"):
         record = json.loads(
-            (results / f"metrics/pascal/small/{variant}/fold0-shot1.json").read_text()
+            (results / f"metrics/pascal/small/{variant}/fold0-shot1-seed321.json").read_text()
         )
         assert record["seeds"] == [510, 365] and record["episodes_per_seed"] == 12
         assert 0.0 <= record["miou"] <= 100.0
@@ -78,9 +78,9 @@ def test_demo_runs_every_stage_and_prints_the_table(pipeline):
         assert (results / "tables" / name).stat().st_size > 0
     html = (results / "report" / "index.html").read_text()
     assert "no_distill" in html and "data:image/png;base64," in html
-    assert "| PASCAL-5i | small | 1 |" in done.stdout
+    assert "| embedded PASCAL-like | small | 1 |" in done.stdout
     assert "Report:" in done.stdout
-    assert (tree / "logs" / "train" / "pascal-small-full-fold0-shot1.log").exists()
+    assert (tree / "logs" / "train" / "pascal-small-full-fold0-shot1-seed321.log").exists()
 
 
 def test_jobs_share_one_mlflow_parent_run(pipeline):

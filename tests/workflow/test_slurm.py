@@ -53,7 +53,7 @@ def test_pipeline_runs_through_slurm(slurm_run):
     tree, done, _ = slurm_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for variant in ("full", "no_distill"):
-        path = tree / f"results/metrics/pascal/small/{variant}/fold0-shot1.json"
+        path = tree / f"results/metrics/pascal/small/{variant}/fold0-shot1-seed321.json"
         record = json.loads(path.read_text())
         assert record["seeds"] == [510, 365] and record["episodes_per_seed"] == 12
     assert (tree / "results/report/index.html").stat().st_size > 0

@@ -1,14 +1,16 @@
-# Base learners: PSPNet per dataset, backbone and fold, on the fold's base classes.
+# Base learners: PSPNet per dataset, backbone, fold and training seed, on the fold's base classes.
 
 
 rule train_base:
     input:
-        prepared=DATA / "{dataset}" / "prepared.json",
+        prepared=rules.prepare.output.marker,
     output:
-        checkpoint=RESULTS / "base/{dataset}/{backbone}/fold{fold}/best.pth",
-        record=RESULTS / "base/{dataset}/{backbone}/fold{fold}/record.json",
+        checkpoint=layout.base_checkpoint(PARAMS, BASE),
+        record=layout.base_dir(PARAMS, BASE) / "record.json",
     log:
-        "logs/train_base/{dataset}-{backbone}-fold{fold}.log",
+        "logs/train_base/{dataset}-{backbone}-fold{fold}-seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/train_base/{dataset}-{backbone}-fold{fold}-seed{seed}.tsv"
     conda:
         "../envs/hdmnet.yaml"
     threads: PARAMS.train.threads
@@ -18,10 +20,6 @@ rule train_base:
         gpu=gpus_per_job(),
         tasks=1,
     params:
-        identity=lambda w: identity.base_learner(
-            PARAMS, w.dataset, w.backbone, int(w.fold)
-        ),
+        identity=lambda w: identity.base_learner(PARAMS, base_of(w)),
     shell:
-        HDMNET.format(cmd="train-base")
-        + " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
-        " --fold {wildcards.fold} > {log} 2>&1"
+        HDMNET.format(cmd="train-base") + BASE_ARGS + " > {log} 2>&1"

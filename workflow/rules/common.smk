@@ -1,9 +1,10 @@
-# Shared definitions: the typed parameters, the resolved parameter file every job reads, and
-# input functions. Paths come from hdmnet.layout, job identities from hdmnet.identity.
+# Shared definitions: the typed parameters, the resolved parameter file every job reads, and the
+# path patterns of the jobs. Every path comes from hdmnet.layout (filled with wildcards here),
+# every job identity from hdmnet.identity; rules downstream chain through rules.<name>.output.
 import os
 
 from hdmnet import identity, layout, pipeline
-from hdmnet.config import from_mapping
+from hdmnet.config import BACKBONES, DATASETS, VARIANT_NAME, from_mapping
 
 PARAMS = from_mapping(config, source="snakemake config")
 # Jobs read the merged configuration (params.yaml + --configfile + --config) from a file named
@@ -14,7 +15,19 @@ PARAMS = from_mapping(config, source="snakemake config")
 os.environ[pipeline.RESOLVED_ENV] = str(pipeline.resolved_params_file(PARAMS))
 HDMNET = f'hdmnet {{cmd}} --params "${pipeline.RESOLVED_ENV}"'
 DATA = layout.data_dir(PARAMS)
-RESULTS = layout.results_dir(PARAMS)
+# A base learner and a meta-learner run with wildcards for their coordinates.
+BASE = layout.BaseRun("{dataset}", "{backbone}", "{fold}", "{seed}")
+RUN = layout.Run("{dataset}", "{backbone}", "{variant}", "{fold}", "{shot}", "{seed}")
+# The CLI arguments naming a base learner and a run (in dvc.yaml's order).
+BASE_ARGS = (
+    " --dataset {wildcards.dataset} --backbone {wildcards.backbone} --fold {wildcards.fold}"
+    " --seed {wildcards.seed}"
+)
+RUN_ARGS = (
+    " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
+    " --variant {wildcards.variant} --fold {wildcards.fold} --shot {wildcards.shot}"
+    " --seed {wildcards.seed}"
+)
 
 
 onstart:
@@ -22,11 +35,12 @@ onstart:
 
 
 wildcard_constraints:
-    dataset="pascal|coco",
-    backbone="small|resnet50|resnet101|vgg16",
+    dataset="|".join(DATASETS),
+    backbone="|".join(BACKBONES),
     fold="[0-3]",
     shot=r"\d+",
-    variant=r"[A-Za-z0-9_]+",
+    seed=r"\d+",
+    variant=VARIANT_NAME.pattern,
 
 
 def run_of(wildcards):
@@ -36,6 +50,13 @@ def run_of(wildcards):
         wildcards.variant,
         int(wildcards.fold),
         int(wildcards.shot),
+        int(wildcards.seed),
+    )
+
+
+def base_of(wildcards):
+    return layout.BaseRun(
+        wildcards.dataset, wildcards.backbone, int(wildcards.fold), int(wildcards.seed)
     )
 
 
@@ -45,13 +66,11 @@ def gpus_per_job():
 
 def download_inputs(wildcards):
     if PARAMS.data.source == "synthetic":
-        return [layout.synth_dir(PARAMS) / "manifest.json"]
+        return [rules.synth.output.manifest]
     return []
 
 
 RUNS = layout.all_runs(PARAMS)
-METRICS = [str(layout.metrics_file(PARAMS, run)) for run in RUNS]
-TABLES = RESULTS / "tables"
 
 
 def report_inputs(wildcards):
@@ -59,7 +78,7 @@ def report_inputs(wildcards):
     inputs = [str(layout.meta_dir(PARAMS, run) / "record.json") for run in RUNS]
     inputs += [str(layout.meta_checkpoint(PARAMS, run)) for run in RUNS]
     inputs += [
-        str(layout.base_dir(PARAMS, *base) / "record.json")
+        str(layout.base_dir(PARAMS, base) / "record.json")
         for base in layout.base_learners(PARAMS)
     ]
     return inputs

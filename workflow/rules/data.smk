@@ -1,4 +1,11 @@
 # Data: generate (embedded preset) -> download/verify/extract -> prepare (masks, lists, folds).
+# Generation and downloads run where Snakemake runs (localrules): cluster nodes often have no
+# network, and neither job needs a node.
+
+
+localrules:
+    synth,
+    download,
 
 
 if PARAMS.data.source == "synthetic":
@@ -26,6 +33,8 @@ rule download:
         marker=layout.raw_dir(PARAMS) / "{dataset}.downloaded.json",
     log:
         "logs/download/{dataset}.log",
+    # Transfers fail for passing reasons; the stage resumes partial files on a retry.
+    retries: 3
     conda:
         "../envs/hdmnet.yaml"
     resources:
@@ -39,11 +48,13 @@ rule download:
 
 rule prepare:
     input:
-        layout.raw_dir(PARAMS) / "{dataset}.downloaded.json",
+        rules.download.output.marker,
     output:
-        marker=DATA / "{dataset}" / "prepared.json",
+        marker=layout.prepared_dir(PARAMS, "{dataset}") / "prepared.json",
     log:
         "logs/prepare/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/prepare/{dataset}.tsv"
     conda:
         "../envs/hdmnet.yaml"
     threads: max(1, PARAMS.data.workers)

@@ -3,15 +3,14 @@
 
 rule evaluate:
     input:
-        checkpoint=RESULTS
-        / "meta/{dataset}/{backbone}/{variant}/fold{fold}/shot{shot}/best.pth",
-        last=RESULTS
-        / "meta/{dataset}/{backbone}/{variant}/fold{fold}/shot{shot}/last.pth",
+        checkpoint=rules.train.output.checkpoint,
+        last=rules.train.output.last,
     output:
-        metrics=RESULTS
-        / "metrics/{dataset}/{backbone}/{variant}/fold{fold}-shot{shot}.json",
+        metrics=layout.metrics_file(PARAMS, RUN),
     log:
-        "logs/evaluate/{dataset}-{backbone}-{variant}-fold{fold}-shot{shot}.log",
+        "logs/evaluate/{dataset}-{backbone}-{variant}-fold{fold}-shot{shot}-seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{dataset}-{backbone}-{variant}-fold{fold}-shot{shot}-seed{seed}.tsv"
     conda:
         "../envs/hdmnet.yaml"
     threads: PARAMS.train.threads
@@ -23,7 +22,4 @@ rule evaluate:
     params:
         identity=lambda w: identity.evaluation(PARAMS, run_of(w)),
     shell:
-        HDMNET.format(cmd="evaluate")
-        + " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
-        " --variant {wildcards.variant} --fold {wildcards.fold} --shot {wildcards.shot}"
-        " > {log} 2>&1"
+        HDMNET.format(cmd="evaluate") + RUN_ARGS + " > {log} 2>&1"

@@ -1,4 +1,14 @@
-# Tables from the metrics records, then figures and the HTML ablation report.
+# Tables from the metrics records, then figures and the HTML ablation report. Both are light and
+# read every record: they run where Snakemake runs (localrules), not as cluster jobs.
+
+
+localrules:
+    aggregate,
+    report,
+
+
+METRICS = [str(layout.metrics_file(PARAMS, run)) for run in RUNS]
+TABLES = layout.tables_dir(PARAMS)
 
 
 rule aggregate:
@@ -32,15 +42,15 @@ rule report:
     input:
         METRICS,
         report_inputs,
-        TABLES / "main.md",
+        rules.aggregate.output.main,
     output:
         html=report(
-            RESULTS / "report/index.html",
+            layout.report_file(PARAMS),
             caption="../report/ablation.rst",
             category="Report",
         ),
         figures=report(
-            directory(RESULTS / "figures"),
+            directory(layout.figures_dir(PARAMS)),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",

@@ -1,20 +1,20 @@
-# Meta-training: HDMNet per dataset, backbone, variant, fold and shot, from the fold's base
-# learner. Multi-GPU training is one task that runs torchrun (train.gpus processes).
+# Meta-training: HDMNet per dataset, backbone, variant, fold, shot and training seed, from the
+# base learner of the same seed. Multi-GPU training is one task that runs torchrun
+# (train.gpus processes).
 
 
 rule train:
     input:
-        base=RESULTS / "base/{dataset}/{backbone}/fold{fold}/best.pth",
-        prepared=DATA / "{dataset}" / "prepared.json",
+        base=rules.train_base.output.checkpoint,
+        prepared=rules.prepare.output.marker,
     output:
-        checkpoint=RESULTS
-        / "meta/{dataset}/{backbone}/{variant}/fold{fold}/shot{shot}/best.pth",
-        last=RESULTS
-        / "meta/{dataset}/{backbone}/{variant}/fold{fold}/shot{shot}/last.pth",
-        record=RESULTS
-        / "meta/{dataset}/{backbone}/{variant}/fold{fold}/shot{shot}/record.json",
+        checkpoint=layout.meta_dir(PARAMS, RUN) / "best.pth",
+        last=layout.meta_dir(PARAMS, RUN) / "last.pth",
+        record=layout.meta_dir(PARAMS, RUN) / "record.json",
     log:
-        "logs/train/{dataset}-{backbone}-{variant}-fold{fold}-shot{shot}.log",
+        "logs/train/{dataset}-{backbone}-{variant}-fold{fold}-shot{shot}-seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/train/{dataset}-{backbone}-{variant}-fold{fold}-shot{shot}-seed{seed}.tsv"
     conda:
         "../envs/hdmnet.yaml"
     threads: PARAMS.train.threads
@@ -26,7 +26,4 @@ rule train:
     params:
         identity=lambda w: identity.meta_learner(PARAMS, run_of(w)),
     shell:
-        HDMNET.format(cmd="train")
-        + " --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
-        " --variant {wildcards.variant} --fold {wildcards.fold} --shot {wildcards.shot}"
-        " > {log} 2>&1"
+        HDMNET.format(cmd="train") + RUN_ARGS + " > {log} 2>&1"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hdmnet import identity, layout
+from hdmnet import commands, identity, layout
 from hdmnet.config import VARIANT_NAME, Params
 from hdmnet.data.classes import COCO_CATEGORIES, VOC_CLASSES
 from hdmnet.errors import StageError
@@ -57,13 +57,6 @@ def check_external_name(name: str) -> None:
             f"external name {name!r}: use letters, digits and _, starting with a letter "
             "(it names a results folder and the table rows)"
         )
-
-
-def train_command(run: Run) -> str:
-    return (
-        f"hdmnet train --dataset {run.dataset} --backbone {run.backbone} --fold {run.fold} "
-        f"--shot {run.shot} --variant {run.variant}"
-    )
 
 
 def class_names(dataset: str) -> dict[int, str]:
@@ -127,11 +120,7 @@ def evaluate(
     info = init_distributed()
     model = build_meta_model(variant_params, run).to(info.device)
     if not path.exists():
-        raise StageError(
-            f"checkpoint {path} not found: train it first (hdmnet train --dataset {run.dataset} "
-            f"--backbone {run.backbone} --fold {run.fold} --shot {run.shot} "
-            f"--variant {run.variant})"
-        )
+        raise StageError(f"checkpoint {path} not found: train it first ({commands.train(run)})")
     expected = meta_cell(run)
     if external is not None:
         expected.pop("variant")  # an official or external checkpoint names no variant
@@ -142,7 +131,7 @@ def evaluate(
     sha256 = file_hash(path)
     if external is None:
         require_identity(
-            path, loaded["meta"], identity.meta_learner(params, run), train_command(run)
+            path, loaded["meta"], identity.meta_learner(params, run), commands.train(run)
         )
         job = identity.evaluation(params, run)
     else:
@@ -169,6 +158,7 @@ def evaluate(
         "fold": run.fold,
         "shot": run.shot,
         "variant": run.variant,
+        "train_seed": run.seed,
         "data_hash": data_hash(fold_dir),
     }
     with Tracker(variant_params, "evaluate", run.name, tags=tags, rank=info.rank) as tracker:
@@ -237,6 +227,7 @@ def _record(
         "variant": run.variant,
         "fold": run.fold,
         "shot": run.shot,
+        "train_seed": run.seed,
         "split": layout.split_name(params, run.dataset),
         "miou": outputs["final"]["miou"],
         "fbiou": outputs["final"]["fbiou"],

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdmnet import identity, layout
+from hdmnet import commands, identity, layout
 from hdmnet.config import Params
-from hdmnet.layout import Run
+from hdmnet.layout import BaseRun, Run
 from hdmnet.records import BASE_KIND, TRAIN_KIND, RecordError, read_metrics, read_record
 
 # How many missing records an error lists before summarising the rest.
@@ -38,16 +38,11 @@ class Metrics:
     external: str | None = None
 
 
+CELL_KEYS = ("dataset", "backbone", "variant", "fold", "shot")
+
+
 class StaleRecordError(RecordError):
     """Records that the current parameters did not produce (the message lists them)."""
-
-
-def evaluate_command(run: Run) -> str:
-    """The CLI call that writes the metrics record of ``run``."""
-    return (
-        f"hdmnet evaluate --dataset {run.dataset} --backbone {run.backbone} "
-        f"--fold {run.fold} --shot {run.shot} --variant {run.variant}"
-    )
 
 
 def load_metrics(params: Params, runs: list[Run] | None = None) -> dict[Run, Metrics]:
@@ -62,12 +57,12 @@ def load_metrics(params: Params, runs: list[Run] | None = None) -> dict[Run, Met
     for run in runs:
         path = layout.metrics_file(params, run)
         if not path.exists():
-            missing.append(f"{path} (made by: {evaluate_command(run)})")
+            missing.append(f"{path} (made by: {commands.evaluate(run)})")
             continue
         record = read_metrics(path)
         _check_place(path, record, run)
         if record.get("config_digest") != identity.evaluation(params, run):
-            stale.append(f"{path} (remade by: {evaluate_command(run)}, after its training)")
+            stale.append(f"{path} (remade by: {commands.evaluate(run)}, after its training)")
         found[run] = Metrics(run, path, record)
     if missing:
         raise RecordError(f"{len(missing)} metrics record(s) missing:\n  {_listing(missing)}")
@@ -84,7 +79,12 @@ def load_external(params: Params) -> tuple[list[Metrics], list[str]]:
     for path in sorted(root.glob("*/*/*/*/fold*-shot*.json")):
         record = read_metrics(path)
         run = Run(
-            record["dataset"], record["backbone"], record["variant"], record["fold"], record["shot"]
+            record["dataset"],
+            record["backbone"],
+            record["variant"],
+            record["fold"],
+            record["shot"],
+            None,  # trained elsewhere: no training seed of ours
         )
         name = path.relative_to(root).parts[0]
         _check_place(path, record, run)
@@ -118,10 +118,11 @@ def _listing(lines: list[str]) -> str:
 
 def _check_place(path: Path, record: dict[str, Any], run: Run) -> None:
     # A record copied to the wrong place would put its numbers in another cell of the table.
-    for key in ("dataset", "backbone", "variant", "fold", "shot"):
-        if record[key] != getattr(run, key):
+    for key, field in (*((k, k) for k in CELL_KEYS), ("train_seed", "seed")):
+        if record.get(key) != getattr(run, field):
             raise RecordError(
-                f"{path}: {key} is {record[key]!r} but the file's place says {getattr(run, key)!r}"
+                f"{path}: {key} is {record.get(key)!r} but the file's place says "
+                f"{getattr(run, field)!r}"
             )
 
 
@@ -129,8 +130,8 @@ def train_record_path(params: Params, run: Run) -> Path:
     return layout.meta_dir(params, run) / "record.json"
 
 
-def base_record_path(params: Params, dataset: str, backbone: str, fold: int) -> Path:
-    return layout.base_dir(params, dataset, backbone, fold) / "record.json"
+def base_record_path(params: Params, base: BaseRun) -> Path:
+    return layout.base_dir(params, base) / "record.json"
 
 
 def load_training(params: Params, runs: list[Run]) -> dict[Run, dict[str, Any] | None]:
@@ -147,15 +148,15 @@ def load_training(params: Params, runs: list[Run]) -> dict[Run, dict[str, Any] |
 
 
 def load_base_training(
-    params: Params, learners: list[tuple[str, str, int]]
-) -> dict[tuple[str, str, int], dict[str, Any] | None]:
-    """The base-learner training record of each (dataset, backbone, fold), None where absent."""
+    params: Params, learners: list[BaseRun]
+) -> dict[BaseRun, dict[str, Any] | None]:
+    """The training record of each base learner, None where absent."""
     stale: list[str] = []
     records = {
-        key: _optional(
-            base_record_path(params, *key), BASE_KIND, identity.base_learner(params, *key), stale
+        base: _optional(
+            base_record_path(params, base), BASE_KIND, identity.base_learner(params, base), stale
         )
-        for key in learners
+        for base in learners
     }
     _refuse_stale(stale, "base-learner training")
     return records

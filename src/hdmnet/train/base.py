@@ -1,4 +1,4 @@
-"""``hdmnet train-base``: the PSPNet base learner of one dataset, backbone and fold (BAM
+"""``hdmnet train-base``: the PSPNet base learner of one dataset, backbone, fold and seed (BAM
 protocol: SGD, poly, random scale/rotate/blur/flip/crop, base classes only), validated on the
 base-class mIoU of the validation images every epoch; keeps the best and the last checkpoint."""
 
@@ -21,6 +21,7 @@ from hdmnet.data.lists import load_fold_lists, read_list
 from hdmnet.data.transforms import EvalTransform, TrainTransform
 from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import SemanticMeter, upsample_to_label
+from hdmnet.layout import BaseRun
 from hdmnet.model import CheckpointError, PSPNet, load_checkpoint, save_checkpoint
 from hdmnet.model.optim import build_pspnet_optimizer
 from hdmnet.records import BASE_KIND, write_record
@@ -50,14 +51,15 @@ from hdmnet.train.state import seed_everything
 log = logging.getLogger("hdmnet.train")
 
 
-def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[str, Any]:
+def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
     """Train one base learner; returns its training record."""
+    dataset, backbone, fold, seed = base.dataset, base.backbone, base.fold, base.seed
     started = time.perf_counter()
     set_threads(params)
     info = init_distributed()
-    seed_everything(params.train.seed)
+    seed_everything(seed)
     schedule = getattr(params.base, dataset)
-    out = ensure_writable(layout.base_dir(params, dataset, backbone, fold))
+    out = ensure_writable(layout.base_dir(params, base))
     root = dataset_root(params, dataset)
     fold_dir = fold_folder(params, dataset, fold)
     lists = load_fold_lists(fold_dir)
@@ -68,13 +70,13 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
         lists.train.items,
         lut,
         TrainTransform(schedule.crop, scale=tuple(schedule.scale), crop=True),
-        seed=params.train.seed,
+        seed=seed,
     )
     # Validation: every validation image, base classes relabelled, novel ones as background.
     val_items = read_list(root / "lists" / "val.txt")
     val_set = BaseDataset(root, val_items, lut, EvalTransform(schedule.val_size), keep_label=True)
     batch = per_process_batch(schedule.batch_size, info.world_size)
-    sampler = EpochSampler(len(train_set), params.train.seed, True, info.rank, info.world_size)
+    sampler = EpochSampler(len(train_set), seed, True, info.rank, info.world_size)
     loader = DataLoader(
         train_set,
         batch_size=batch,
@@ -93,9 +95,9 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
         weight_decay=schedule.weight_decay,
     )
     net = _wrap(model, info)
-    job = identity.base_learner(params, dataset, backbone, fold)
+    job = identity.base_learner(params, base)
     cell = base_cell(dataset, backbone, fold)
-    checkpoint_meta = {**cell, "identity": job, "config": params.to_dict()}
+    checkpoint_meta = {**cell, "train_seed": seed, "identity": job, "config": params.to_dict()}
 
     def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
         logits = net(batch_["image"].to(info.device))
@@ -114,11 +116,12 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
         "dataset": dataset,
         "backbone": backbone,
         "fold": fold,
+        "train_seed": seed,
         "data_hash": data_hash(fold_dir),
         "global_batch": schedule.batch_size,
         "world_size": info.world_size,
     }
-    run_name = f"base-{dataset}-{backbone}-fold{fold}"
+    run_name = base.name
     with Tracker(params, "train-base", run_name, tags=tags, rank=info.rank) as tracker:
         loop = Loop(
             model=net,
@@ -147,6 +150,7 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
                 "dataset": dataset,
                 "backbone": backbone,
                 "fold": fold,
+                "train_seed": seed,
                 "selection": "best_val",
                 "global_batch": schedule.batch_size,
                 "per_process_batch": batch,
@@ -160,23 +164,22 @@ def train_base(params: Params, dataset: str, backbone: str, fold: int) -> dict[s
     return record
 
 
-def import_base_learner(
-    params: Params, dataset: str, backbone: str, fold: int, source: Path
-) -> dict[str, Any]:
+def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str, Any]:
     """Install a PSPNet base learner made elsewhere (BAM's release, another run of ours) as
-    the base learner of (dataset, backbone, fold), with a training record that marks it as
-    imported. It carries the current base-learner identity, so the workflow uses it instead of
-    training one for as long as the base-learner parameters stay as they are."""
-    out = ensure_writable(layout.base_dir(params, dataset, backbone, fold))
-    model = build_base_model(params, dataset, backbone, fold)
-    cell = base_cell(dataset, backbone, fold)
+    ``base``, with a training record that marks it as imported. It carries the current
+    base-learner identity, so the workflow uses it instead of training one for as long as the
+    base-learner parameters stay as they are."""
+    out = ensure_writable(layout.base_dir(params, base))
+    model = build_base_model(params, base.dataset, base.backbone, base.fold)
+    cell = base_cell(base.dataset, base.backbone, base.fold)
     try:
         loaded = load_checkpoint(source, model, expected=cell)
     except CheckpointError as error:
         raise StageError(str(error)) from None
-    job = identity.base_learner(params, dataset, backbone, fold)
+    job = identity.base_learner(params, base)
     imported = {"path": str(source.resolve()), "sha256": file_hash(source)}
-    meta = {**cell, "identity": job, "imported": imported, "config": params.to_dict()}
+    meta = {**cell, "train_seed": base.seed, "identity": job, "imported": imported}
+    meta["config"] = params.to_dict()
     best = save_checkpoint(
         out / "best.pth", model, {**meta, "selection": "imported"}, epoch=loaded.get("epoch")
     )
@@ -184,9 +187,10 @@ def import_base_learner(
     (out / "state.pth").unlink(missing_ok=True)
     record = {
         "kind": BASE_KIND,
-        "dataset": dataset,
-        "backbone": backbone,
-        "fold": fold,
+        "dataset": base.dataset,
+        "backbone": base.backbone,
+        "fold": base.fold,
+        "train_seed": base.seed,
         "selection": "imported",
         "imported": imported,
         "epochs": [],

@@ -191,6 +191,9 @@ def conclude(
         write_record(out / "record.json", record)
         loop.tracker.log_metrics({"best_val_miou": history.best_metric})
         loop.tracker.log_artifact(out / "record.json")
+        if params.tracking.upload_checkpoints:  # else the record holds their paths and hashes
+            for name in ("best.pth", "last.pth"):
+                loop.tracker.log_artifact(out / name, "checkpoints")
     finish(loop)
     return record
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from hdmnet import identity, layout
+from hdmnet import commands, identity, layout
 from hdmnet.config import Params
 from hdmnet.data.episodes import EpisodeDataset, collate
 from hdmnet.data.transforms import TrainTransform
@@ -61,32 +61,26 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
     schedule = getattr(variant_params.meta, run.dataset)
     set_threads(params)
     info = init_distributed()
-    seed_everything(params.train.seed)
+    seed_everything(run.seed)
     out = ensure_writable(layout.meta_dir(params, run))
     root = dataset_root(params, run.dataset)
     train_dir = fold_folder(variant_params, run.dataset, run.fold)  # the variant's list rule
     val_dir = fold_folder(params, run.dataset, run.fold)
 
     model = build_meta_model(variant_params, run).to(info.device)
-    base_path = layout.base_checkpoint(params, run.dataset, run.backbone, run.fold)
+    base_path = layout.base_checkpoint(params, run.base)
     if not base_path.exists():
         raise StageError(
-            f"base learner {base_path} not found: train it first (hdmnet train-base "
-            f"--dataset {run.dataset} --backbone {run.backbone} --fold {run.fold})"
+            f"base learner {base_path} not found: train it first ({commands.train_base(run.base)})"
         )
-    base_job = identity.base_learner(params, run.dataset, run.backbone, run.fold)
+    base_job = identity.base_learner(params, run.base)
     try:
         loaded = load_checkpoint(
             base_path, model, expected=base_cell(run.dataset, run.backbone, run.fold)
         )
     except CheckpointError as error:
         raise StageError(str(error)) from None
-    require_identity(
-        base_path,
-        loaded["meta"],
-        base_job,
-        f"hdmnet train-base --dataset {run.dataset} --backbone {run.backbone} --fold {run.fold}",
-    )
+    require_identity(base_path, loaded["meta"], base_job, commands.train_base(run.base))
 
     train_set = EpisodeDataset(
         root,
@@ -94,10 +88,10 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         "train",
         run.shot,
         TrainTransform(schedule.image_size, scale=tuple(schedule.scale)),
-        seed=params.train.seed,
+        seed=run.seed,
     )
     batch = per_process_batch(schedule.batch_size, info.world_size)
-    sampler = EpochSampler(len(train_set), params.train.seed, True, info.rank, info.world_size)
+    sampler = EpochSampler(len(train_set), run.seed, True, info.rank, info.world_size)
     loader = DataLoader(
         train_set,
         batch_size=batch,
@@ -147,7 +141,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         return float(losses["total"].detach()), parts
 
     def validate() -> float:
-        return validation_miou(runner, params.train.seed, schedule.val_episodes, info)
+        return validation_miou(runner, run.seed, schedule.val_episodes, info)
 
     tags = {
         "dataset": run.dataset,
@@ -155,6 +149,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         "fold": run.fold,
         "shot": run.shot,
         "variant": run.variant,
+        "train_seed": run.seed,
         "data_hash": data_hash(train_dir),
         "global_batch": schedule.batch_size,
         "world_size": info.world_size,
@@ -192,6 +187,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
                 "variant": run.variant,
                 "fold": run.fold,
                 "shot": run.shot,
+                "train_seed": run.seed,
                 "selection": params.meta.selection,
                 "global_batch": schedule.batch_size,
                 "per_process_batch": batch,
