@@ -69,6 +69,7 @@ def metrics_record(run: Run, selection: str = "best_val") -> dict:
         "variant": run.variant,
         "fold": run.fold,
         "shot": run.shot,
+        "train_seed": run.seed,
         "preset": "test",
         "split": "pascal5i" if run.dataset == "pascal" else "fwb",
         "miou": miou,
@@ -142,17 +143,17 @@ def write_grid(params: Params, selection: str = "best_val", training: bool = Tru
                 "fold": run.fold,
                 "shot": run.shot,
                 "variant": run.variant,
+                "train_seed": run.seed,
             }
             path = layout.meta_dir(params, run) / "record.json"
             record = train_record(TRAIN_KIND, ident)
             write_record(path, {**record, "config_digest": identity.meta_learner(params, run)})
     if training:
-        for dataset, backbone, fold in layout.base_learners(params):
-            ident = {"dataset": dataset, "backbone": backbone, "fold": fold}
-            path = layout.base_dir(params, dataset, backbone, fold) / "record.json"
-            record = train_record(BASE_KIND, ident, epochs=4)
-            job = identity.base_learner(params, dataset, backbone, fold)
-            write_record(path, {**record, "config_digest": job})
+        for base in layout.base_learners(params):
+            ident = {"dataset": base.dataset, "backbone": base.backbone, "fold": base.fold}
+            path = layout.base_dir(params, base) / "record.json"
+            record = train_record(BASE_KIND, {**ident, "train_seed": base.seed}, epochs=4)
+            write_record(path, {**record, "config_digest": identity.base_learner(params, base)})
     return runs
 
 

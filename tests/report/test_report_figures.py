@@ -94,7 +94,7 @@ def test_training_curves_draw_each_record_and_mark_the_selected_epoch(tmp_path):
 
 
 def test_class_iou_bars_one_bar_per_class_of_every_fold(tmp_path):
-    records = [metrics_record(Run("pascal", "small", "full", f, 1)) for f in range(2)]
+    records = [metrics_record(Run("pascal", "small", "full", f, 1, 321)) for f in range(2)]
     fig = figures.class_iou_bars(records, "per class")
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]
@@ -108,7 +108,7 @@ def test_class_iou_bars_one_bar_per_class_of_every_fold(tmp_path):
 
 def test_seed_spread_plots_every_seed_of_every_fold_and_shot(tmp_path):
     records = [
-        metrics_record(Run("pascal", "small", "full", f, k)) for k in (5, 1) for f in range(2)
+        metrics_record(Run("pascal", "small", "full", f, k, 321)) for k in (5, 1) for f in range(2)
     ]
     fig = figures.seed_spread(records, "spread")
     ax = fig.axes[0]

@@ -4,7 +4,8 @@ The goldens were rendered by the hand-written renderers before the tables moved 
 current code must reproduce Markdown, CSV and provenance.json byte for byte and LaTeX up to
 whitespace. The scenarios together use every table feature: the paper comparison on and off,
 ablation deltas, folds outside the grid, a full model missing on an ablation fold, a mean that is
-not compared, mixed checkpoint selection, the COCO split note and several row groups.
+not compared, mixed checkpoint selection, the COCO split note, several row groups, the embedded
+data's names, and rows of an external checkpoint beside the paper's with a record left out.
 
 Regenerate (only for an intended change of the output) with
 ``HDMNET_UPDATE_GOLDEN=1 pytest tests/report/test_report_golden.py`` and review the diff.
@@ -41,10 +42,12 @@ SCENARIOS = {
             "ablation.folds=[0, 1]",
             "ablation.variants=[stages_1, no_distill]",
         ),
-        Run("pascal", "small", "full", 2, 1),
+        Run("pascal", "small", "full", 2, 1, 321),
     ),
     # Real data: paper and difference rows, published variant means (one missing).
     "paper": ("official.yaml", (), None),
+    # An external checkpoint on folds 0-2 after our, the paper's and the difference rows.
+    "paper-external": ("official.yaml", (), None),
     # Two groups, partial folds (means not compared) and a COCO split unlike the paper's.
     "paper-partial": (
         "official.yaml",
@@ -57,6 +60,17 @@ SCENARIOS = {
         ),
         None,
     ),
+}
+# scenario -> folds of the external checkpoint "official" (COCO, ResNet-50, 1 shot, mIoU 45 +
+# fold) and the notes on external records left out, as ``collect.load_external`` gives them.
+EXTERNAL = {
+    "paper-external": (
+        [0, 1, 2],
+        [
+            "/results/external/old/coco/resnet50/full/fold0-shot1.json left out: made with "
+            "other evaluation settings than the current ones (evaluate the checkpoint again)"
+        ],
+    )
 }
 FILES = [f"{n}.{e}" for n in ("main", "ablation", "paper") for e in ("md", "csv", "tex")]
 
@@ -79,11 +93,26 @@ def _metrics(params: Params, last_selected: Run | None) -> dict[Run, Metrics]:
     }
 
 
+def _external(params: Params, folds: list[int]) -> list[Metrics]:
+    runs = [Run("coco", "resnet50", "full", fold, 1, None) for fold in folds]
+    return [
+        Metrics(
+            run,
+            layout.external_metrics_file(params, "official", run),
+            {**metrics_record(run), "miou": 45.0 + run.fold},
+            external="official",
+        )
+        for run in runs
+    ]
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_tables_match_the_golden_files(scenario):
     file, overrides, last_selected = SCENARIOS[scenario]
     params = load_params(GOLDEN / file, ["paths.results=/results", *overrides])
-    rendered = render_tables(params, _metrics(params, last_selected))
+    folds, left_out = EXTERNAL.get(scenario, ([], []))
+    external = _external(params, folds)
+    rendered = render_tables(params, _metrics(params, last_selected), external, left_out)
     assert set(rendered) == {*FILES, "provenance.json"}
     # Record paths lie in the results folder: stored with a placeholder.
     rendered["provenance.json"] = rendered["provenance.json"].replace('"/results/', '"<results>/')

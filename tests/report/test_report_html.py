@@ -81,7 +81,9 @@ def test_report_draws_the_predictions_of_each_fold(project_root, tmp_path):
 
     text = build_report(params, predictions).read_text(encoding="utf-8")
     # One grid per fold at the smallest shot.
-    assert calls == [(Run("pascal", "small", "full", f, 1), QUALITATIVE_EPISODES) for f in (0, 1)]
+    assert calls == [
+        (Run("pascal", "small", "full", f, 1, 321), QUALITATIVE_EPISODES) for f in (0, 1)
+    ]
     figs = layout.figures_dir(params)
     for f in (0, 1):
         assert (figs / f"qualitative-pascal-small-fold{f}-shot1.png").stat().st_size > 5_000
@@ -97,7 +99,7 @@ def test_missing_training_records_are_named_not_fatal(project_root, tmp_path):
     write_grid(params, training=False)
     text = build_report(params).read_text(encoding="utf-8")
     assert "No training record" in text
-    assert str(layout.meta_dir(params, Run("pascal", "small", "full", 0, 1))) in text
+    assert str(layout.meta_dir(params, Run("pascal", "small", "full", 0, 1, 321))) in text
     assert not list(layout.figures_dir(params).glob("training-*.png"))
     assert "and 7 more" in text  # 11 meta runs + 4 base learners, 8 named (LIST_MISSING)
 

@@ -21,7 +21,7 @@ from tests.report.fixtures_records import (
 from hdmnet import identity, layout
 from hdmnet.layout import Run
 from hdmnet.records import RecordError, write_record
-from hdmnet.report import paper, tables
+from hdmnet.report import paper, provenance, tables
 from hdmnet.report.build import aggregate, render_main_markdown
 from hdmnet.report.collect import load_metrics
 
@@ -40,13 +40,14 @@ def test_aggregate_default_preset_writes_every_file_with_the_right_numbers(defau
     assert all(p.parent == out and p.stat().st_size > 0 for p in written)
 
     main = pd.read_csv(out / "main.csv")
+    # Embedded data: a first column says so; ``dataset`` keeps the key of records and paths.
     assert list(main.columns) == [
-        "dataset", "backbone", "shot", "fold0", "fold1", "fold2", "fold3", "mean", "fbiou"
+        "data", "dataset", "backbone", "shot", "fold0", "fold1", "fold2", "fold3", "mean", "fbiou"
     ]  # fmt: skip
     assert len(main) == 2  # pascal x small x {1, 5}
     for shot in (1, 5):
         row = main[main["shot"] == shot].iloc[0]
-        runs = [Run("pascal", "small", "full", f, shot) for f in range(4)]
+        runs = [Run("pascal", "small", "full", f, shot, 321) for f in range(4)]
         for f, run in enumerate(runs):
             assert row[f"fold{f}"] == pytest.approx(expected_miou(run))
         assert row["mean"] == pytest.approx(sum(map(expected_miou, runs)) / 4)
@@ -57,7 +58,7 @@ def test_aggregate_default_preset_writes_every_file_with_the_right_numbers(defau
     assert "ours - paper" not in md and "Source" not in md
     assert "not compared" in md
     assert _md_rows(md)[0] == [
-        "PASCAL-5i", "small", "1", "42.0", "47.0", "52.0", "57.0", "49.5", "72.0"
+        "embedded PASCAL-like", "small", "1", "42.0", "47.0", "52.0", "57.0", "49.5", "72.0"
     ]  # fmt: skip
     reference = pd.read_csv(out / "paper.csv")
     hdm = reference[(reference["method"] == "HDMNet") & (reference["dataset"] == "coco")]
@@ -80,7 +81,7 @@ def test_folds_outside_the_grid_are_dashes_and_the_mean_covers_the_rest(project_
 
 
 def test_missing_record_names_the_file_and_the_command(default_grid):
-    run = Run("pascal", "small", "full", 1, 5)
+    run = Run("pascal", "small", "full", 1, 5, 321)
     path = layout.metrics_file(default_grid, run)
     path.unlink()
     with pytest.raises(RecordError) as error:
@@ -92,10 +93,10 @@ def test_missing_record_names_the_file_and_the_command(default_grid):
 
 
 def test_a_record_in_the_wrong_place_is_refused(default_grid):
-    run = Run("pascal", "small", "full", 2, 1)
+    run = Run("pascal", "small", "full", 2, 1, 321)
     path = layout.metrics_file(default_grid, run)
-    write_record(path, metrics_record(Run("pascal", "small", "full", 3, 1)))
-    with pytest.raises(RecordError, match=r"fold2-shot1\.json: fold is 3"):
+    write_record(path, metrics_record(Run("pascal", "small", "full", 3, 1, 321)))
+    with pytest.raises(RecordError, match=r"fold2-shot1-seed321\.json: fold is 3"):
         load_metrics(default_grid)
 
 
@@ -106,7 +107,7 @@ def test_paper_preset_shows_the_paper_and_the_difference(paper_grid):
     assert list(main["source"]) == ["ours", "paper", "ours - paper"]
     ours, theirs, diff = (main.iloc[i] for i in range(3))
     published = paper.MAIN[("coco", "resnet50", 1)]
-    runs = [Run("coco", "resnet50", "full", f, 1) for f in range(4)]
+    runs = [Run("coco", "resnet50", "full", f, 1, 321) for f in range(4)]
     for f in range(4):
         assert ours[f"fold{f}"] == pytest.approx(expected_miou(runs[f]))
         assert theirs[f"fold{f}"] == published.folds[f]
@@ -122,7 +123,7 @@ def test_paper_preset_partial_folds_do_not_compare_the_mean(project_root, tmp_pa
     params = paper_params(project_root, tmp_path, "grid.folds=[0, 1]", "ablation.folds=[0]")
     write_grid(params, training=False)
     main = tables.main_table(params, load_metrics(params))
-    ours, theirs, diff = tables.records(main)
+    ours, theirs, diff = main.records()
     assert ours["mean"] == pytest.approx(44.5)  # folds 0 and 1 only
     assert diff["fold0"] == pytest.approx(42.0 - 43.8)
     assert diff["fold2"] is None and diff["mean"] is None
@@ -142,11 +143,13 @@ def test_ablation_deltas_against_the_full_model(default_grid):
         ("full", 1), *((variant, 1) for variant in ab.variants), ("full", 5), ("fixed_quirks", 5)
     ]  # fmt: skip
     for _, full in table[table["variant"] == "full"].iterrows():
-        reference = expected_miou(Run("pascal", "small", "full", 0, full["shot"]))
+        reference = expected_miou(Run("pascal", "small", "full", 0, full["shot"], 321))
         assert pd.isna(full["fold0_delta"]) and full["fold0"] == pytest.approx(reference)
     for _, row in table[table["variant"] != "full"].iterrows():
-        run = Run("pascal", "small", row["variant"], 0, row["shot"])
-        delta = expected_miou(run) - expected_miou(Run("pascal", "small", "full", 0, row["shot"]))
+        run = Run("pascal", "small", row["variant"], 0, row["shot"], 321)
+        delta = expected_miou(run) - expected_miou(
+            Run("pascal", "small", "full", 0, row["shot"], 321)
+        )
         assert row["fold0"] == pytest.approx(expected_miou(run))
         assert row["fold0_delta"] == pytest.approx(delta)
         assert row["mean_delta"] == pytest.approx(delta)
@@ -178,7 +181,7 @@ def test_full_model_missing_on_an_ablation_fold_gives_no_delta(project_root, tmp
     )
     write_grid(params, training=False)
     table = tables.ablation_table(params, load_metrics(params))
-    row = next(r for r in tables.records(table) if r["variant"] == "stages_1")
+    row = next(r for r in table.records() if r["variant"] == "stages_1")
     assert (row["fold0"], row["fold0_delta"]) == (pytest.approx(39.0), pytest.approx(-3.0))
     assert (row["fold1"], row["fold1_delta"]) == (pytest.approx(44.0), None)
     assert row["mean_delta"] is None  # the full model's mean covers fewer folds
@@ -214,8 +217,8 @@ def test_provenance_traces_every_cell_to_its_records(default_grid):
     prov = json.loads((layout.tables_dir(default_grid) / "provenance.json").read_text())
     runs = layout.all_runs(default_grid)
     assert set(prov["runs"]) == {r.name for r in runs}
-    entry = prov["runs"]["pascal-small-full-fold1-shot5"]
-    run_of_entry = Run("pascal", "small", "full", 1, 5)
+    run_of_entry = Run("pascal", "small", "full", 1, 5, 321)
+    entry = prov["runs"]["pascal-small-full-fold1-shot5-seed321"]
     assert Path(entry["record"]) == layout.metrics_file(default_grid, run_of_entry)
     assert entry["checkpoint_sha256"].startswith("15ab")
     assert entry["selection"] == "best_val" and entry["seeds"] == [510, 365, 382]
@@ -228,22 +231,23 @@ def test_provenance_traces_every_cell_to_its_records(default_grid):
     for cell in main_cells:
         assert cell["runs"] and all(name in prov["runs"] for name in cell["runs"])
     mean = next(c for c in main_cells if c["column"] == "mean" and c["row"]["shot"] == 5)
-    assert sorted(mean["runs"]) == sorted(f"pascal-small-full-fold{f}-shot5" for f in range(4))
+    shot5 = sorted(f"pascal-small-full-fold{f}-shot5-seed321" for f in range(4))
+    assert sorted(mean["runs"]) == shot5
     delta_cell = next(
         c
         for c in prov["cells"]
         if c["table"] == "ablation" and c["row"]["variant"] == "stages_2" and c["column"] == "fold0"
     )
     assert delta_cell["value"] == {"value": 41.0, "delta": -1.0}
-    assert set(delta_cell["runs"]) == {"pascal-small-stages_2-fold0-shot1", runs[0].name}
+    assert set(delta_cell["runs"]) == {"pascal-small-stages_2-fold0-shot1-seed321", runs[0].name}
 
 
 def test_mixed_selection_modes_are_flagged(project_root, tmp_path):
     params = default_params(project_root, tmp_path, "grid.shots=[1]")
     write_grid(params, training=False)
-    run = Run("pascal", "small", "full", 3, 1)
+    run = Run("pascal", "small", "full", 3, 1, 321)
     write_metrics(params, run, selection="last")
-    note = tables.selection_note(load_metrics(params).values())
+    note = provenance.selection_note(load_metrics(params).values())
     assert note.startswith("Checkpoint selection is MIXED")
     assert "best_val" in note and "last checkpoint (last): 1 runs" in note
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ from hdmnet.evaluate.views import EpisodeView
 from hdmnet.fileio import write_text
 from hdmnet.layout import Run
 from hdmnet.progress import progress
-from hdmnet.report import collect, figures, html, tables
-from hdmnet.report.collect import Metrics, load_metrics
-from hdmnet.report.paper import backbone_name, dataset_name
+from hdmnet.report import collect, figures, html, provenance, tables, variants
+from hdmnet.report.collect import Metrics, load_external, load_metrics
+from hdmnet.report.paper import backbone_name, compare_with_paper, data_name
+from hdmnet.report.table import FORMATS, Table, to_markdown
 
-TABLE_FORMATS = {"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}
 # Episodes per qualitative grid: enough to see the behaviour, small enough for the HTML size.
 QUALITATIVE_EPISODES = 4
 PHOTOS = {"qualitative", "correlation"}  # figures of images, embedded as JPEG
@@ -30,29 +30,41 @@ Training = dict[Run, dict[str, Any] | None]
 BaseTraining = dict[tuple[str, str, int], dict[str, Any] | None]
 
 
-def _tables(params: Params, metrics: dict[Run, Metrics]) -> list[tables.Table]:
+def _tables(
+    params: Params,
+    metrics: dict[Run, Metrics],
+    external: Sequence[Metrics] = (),
+    left_out: Sequence[str] = (),
+) -> list[Table]:
     return [
-        tables.main_table(params, metrics),
+        tables.main_table(params, metrics, external, left_out),
         tables.ablation_table(params, metrics),
         tables.paper_table(),
     ]
 
 
-def render_tables(params: Params, metrics: dict[Run, Metrics]) -> dict[str, str]:
+def render_tables(
+    params: Params,
+    metrics: dict[Run, Metrics],
+    external: Sequence[Metrics] = (),
+    left_out: Sequence[str] = (),
+) -> dict[str, str]:
     """File name -> text of the main, ablation and paper tables (.md, .csv, .tex) and of
-    provenance.json (formatted as ``write_json`` writes it)."""
-    built = _tables(params, metrics)
-    texts = {f"{t.name}.{ext}": render(t) for t in built for ext, render in TABLE_FORMATS.items()}
-    document = tables.provenance(params, metrics, built)
+    provenance.json (formatted as ``write_json`` writes it). ``external`` and ``left_out``:
+    the records of external checkpoints and the notes on those left out (``load_external``)."""
+    built = _tables(params, metrics, external, left_out)
+    texts = {f"{t.name}.{ext}": render(t) for t in built for ext, render in FORMATS.items()}
+    runs = [*metrics.values(), *external]
+    document = provenance.document(params, runs, built, left_out)
     texts["provenance.json"] = json.dumps(document, indent=2, sort_keys=True) + "\n"
     return texts
 
 
 def aggregate(params: Params) -> list[Path]:
     """Write the tables and provenance.json to the tables folder; return the paths written.
-    Every metrics record of the grid must exist."""
+    Every metrics record of the grid must exist; external checkpoints' records are added."""
     out = layout.tables_dir(params)
-    texts = render_tables(params, load_metrics(params))
+    texts = render_tables(params, load_metrics(params), *load_external(params))
     for name, text in texts.items():
         write_text(out / name, text)
     return [out / name for name in texts]
@@ -60,7 +72,7 @@ def aggregate(params: Params) -> list[Path]:
 
 def render_main_markdown(params: Params) -> str:
     """The main table as Markdown (what ``hdmnet aggregate`` prints)."""
-    return tables.to_markdown(tables.main_table(params, load_metrics(params)))
+    return to_markdown(tables.main_table(params, load_metrics(params), *load_external(params)))
 
 
 # --- the HTML report ------------------------------------------------------------------------
@@ -73,60 +85,49 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
     and correlation maps; without it those figures are left out (the report says so).
     """
     metrics = load_metrics(params)
+    external, left_out = load_external(params)
     main_runs = [r for r in layout.main_runs(params) if r in metrics]
     runs = main_runs + [r for r in layout.ablation_runs(params) if r in metrics]
     training = collect.load_training(params, list(metrics))
     base_training = collect.load_base_training(params, layout.base_learners(params))
-    main, ablation, reference = _tables(params, metrics)
+    main, ablation, reference = _tables(params, metrics, external, left_out)
     out = layout.figures_dir(params)
     missing = [collect.train_record_path(params, r) for r, rec in training.items() if not rec]
-    missing += [collect.base_record_path(params, *k) for k, rec in base_training.items() if not rec]
+    missing += [collect.base_record_path(params, k) for k, rec in base_training.items() if not rec]
     shown = collect.LIST_MISSING
     more = [f"and {len(missing) - shown} more"] if len(missing) > shown else []
-    commits, mixed_commits = _commits(metrics)
+    commits, mixed_commits = provenance.commits(metrics.values())
     qualitative = None if predictions is None else _qualitative(params, main_runs, predictions, out)
     document = html.render(
         params=params,
-        compared=tables.compare_with_paper(params),
+        compared=compare_with_paper(params),
+        data_names=", ".join(data_name(params, d) for d in params.grid.datasets),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         commits=commits,
         mixed_commits=mixed_commits,
-        selection_note=tables.selection_note(metrics.values()),
-        mixed_selection=len(tables.selection_modes(metrics.values())) != 1,
+        selection_note=provenance.selection_note(metrics.values()),
+        mixed_selection=len(provenance.selection_modes(metrics.values())) != 1,
         evaluations=len(metrics),
+        external=len(external),
         main=main,
         ablation=ablation,
         reference=reference,
         ablation_figures=_ablation_figures(params, ablation, training, out),
-        variant_config=[
-            (variant, key, tables.yaml_value(full), tables.yaml_value(value))
-            for variant in params.ablation.all_variants()
-            for key, full, value in tables.config_diff(params, variant)
-        ],
+        variant_config=variants.configuration(params),
         training_figures=_training_figures(params, metrics, training, base_training, out),
         missing_training=[*map(str, missing[:shown]), *more],
         qualitative=qualitative,
         provenance=[
-            (r.name, tables.run_provenance(metrics[r]), training.get(r) or {}) for r in runs
+            *((r.name, provenance.run_provenance(metrics[r]), training.get(r) or {}) for r in runs),
+            *((provenance.run_name(m), provenance.run_provenance(m), {}) for m in external),
         ],
         base_provenance=[
-            ("{}-{}-fold{}".format(*k), rec) for k, rec in base_training.items() if rec
+            (k.name.removeprefix("base-"), rec) for k, rec in base_training.items() if rec
         ],
     )
     path = layout.report_file(params)
     write_text(path, document)
     return path
-
-
-def _commits(metrics: dict[Run, Metrics]) -> tuple[str, bool]:
-    """The runs' commits ("(dirty)": with uncommitted changes), and whether to warn about them."""
-    commits: dict[str, bool] = {}
-    for item in metrics.values():
-        git = item.record.get("git") or {}
-        commit = str(git.get("git_commit") or "unknown")
-        commits[commit] = commits.get(commit, False) or git.get("git_dirty") is True
-    text = ", ".join(f"{c[:12]}{' (dirty)' if dirty else ''}" for c, dirty in commits.items())
-    return text or "no runs", len(commits) > 1 or any(commits.values())
 
 
 def _figure(fig: Any, out: Path, kind: str, stem: str, title: str) -> html.Figure:
@@ -135,33 +136,35 @@ def _figure(fig: Any, out: Path, kind: str, stem: str, title: str) -> html.Figur
     return html.Figure(kind, title, html.data_uri(path, photo=kind in PHOTOS))
 
 
-def _setting(dataset: str, backbone: str, shot: int | None = None) -> str:
-    names = [dataset_name(dataset), backbone_name(backbone), *([f"{shot}-shot"] if shot else [])]
-    return ", ".join(names)
+def _setting(params: Params, dataset: str, backbone: str, shot: int | None = None) -> str:
+    """A setting as figure titles and headings name it (the data as ``data_name`` does)."""
+    names = [data_name(params, dataset), backbone_name(backbone)]
+    return ", ".join([*names, *([f"{shot}-shot"] if shot else [])])
 
 
 def _ablation_figures(
-    params: Params, table: tables.Table, training: Training, out: Path
+    params: Params, table: Table, training: Training, out: Path
 ) -> list[html.Figure]:
     """Per ablation setting: mean mIoU of each variant (from the ablation table), and per fold
     the training curves of the variants."""
     ab = params.ablation
     means: dict[tuple[str, str, int], dict[str, float | None]] = {}
-    for row in tables.records(table):
+    for row in table.records():
         setting = (row["dataset"], row["backbone"], row["shot"])
         means.setdefault(setting, {})[row["variant"]] = row["mean"]
-    shown = []
+    shown, folds = [], ", ".join(map(str, ab.folds))
     for (dataset, backbone, shot), by_variant in means.items():
         stem = f"{dataset}-{backbone}-shot{shot}"
         if by_variant.get("full") is not None and len(by_variant) > 1:
-            title = f"{_setting(dataset, backbone, shot)}, folds {', '.join(map(str, ab.folds))}"
+            title = f"{_setting(params, dataset, backbone, shot)}, folds {folds}"
             bars = figures.ablation_bars(by_variant, title)
             shown.append(_figure(bars, out, "ablation", stem, title))
         for fold in ab.folds:
-            runs = {variant: Run(dataset, backbone, variant, fold, shot) for variant in by_variant}
+            seed = params.grid.train_seeds[0]  # the curves of one training per variant
+            runs = {v: Run(dataset, backbone, v, fold, shot, seed) for v in by_variant}
             curves = {v: training[run] for v, run in runs.items() if training.get(run) is not None}
             if len(curves) >= 2:
-                title = f"{_setting(dataset, backbone, shot)}, fold {fold}"
+                title = f"{_setting(params, dataset, backbone, shot)}, fold {fold}"
                 stem = f"{dataset}-{backbone}-fold{fold}-shot{shot}"
                 curves_fig = figures.training_curves(curves, title)
                 shown.append(_figure(curves_fig, out, "training-ablation", stem, title))
@@ -181,7 +184,7 @@ def _training_figures(
     blocks = []
     pairs = list(itertools.product(grid.datasets, grid.backbones))
     for dataset, backbone in progress(pairs, desc="report figures"):
-        setting, stem = _setting(dataset, backbone), f"{dataset}-{backbone}"
+        setting, stem = _setting(params, dataset, backbone), f"{dataset}-{backbone}"
         cell = (dataset, backbone, "full")
         full = [r for r in metrics if (r.dataset, r.backbone, r.variant) == cell]
         full.sort(key=lambda r: (r.shot, r.fold))
@@ -191,7 +194,11 @@ def _training_figures(
         if curves:
             fig = figures.training_curves(curves, f"HDMNet, {setting}")
             shown.append(_figure(fig, out, "training-meta", stem, setting))
-        learners = {k[2]: rec for k, rec in base_training.items() if k[:2] == (dataset, backbone)}
+        learners = {
+            k.fold: rec
+            for k, rec in base_training.items()
+            if (k.dataset, k.backbone) == (dataset, backbone)
+        }
         base = {f"fold {f}": learners[f] for f in sorted(learners) if learners[f] is not None}
         if base:
             fig = figures.training_curves(base, f"PSPNet, {setting}")
@@ -199,7 +206,7 @@ def _training_figures(
         for shot in grid.shots:
             records = [metrics[r].record for r in full if r.shot == shot]
             if any(rec["outputs"]["final"].get("class_iou") for rec in records):
-                title = _setting(dataset, backbone, shot)
+                title = _setting(params, dataset, backbone, shot)
                 fig = figures.class_iou_bars(records, title)
                 shown.append(_figure(fig, out, "class-iou", f"{stem}-shot{shot}", title))
         records = [metrics[r].record for r in full]
@@ -222,7 +229,7 @@ def _qualitative(
         episodes = predictions(run, QUALITATIVE_EPISODES)
         if not episodes:
             continue
-        title = f"{_setting(run.dataset, run.backbone, run.shot)}, fold {run.fold}"
+        title = f"{_setting(params, run.dataset, run.backbone, run.shot)}, fold {run.fold}"
         stem = f"{run.dataset}-{run.backbone}-fold{run.fold}-shot{run.shot}"
         grid = figures.qualitative_grid(episodes, title)
         shown.append(_figure(grid, out, "qualitative", stem, title))

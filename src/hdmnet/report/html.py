@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 from PIL import Image
 
-from hdmnet.report.tables import cells
+from hdmnet.report.table import cells
 
 JPEG_QUALITY = 85
 

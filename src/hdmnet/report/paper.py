@@ -2,14 +2,18 @@
 
 mIoU and FB-IoU are percentages, folds 0..3 then the mean over the four folds. COCO-20i numbers
 use the FWB fold split. These numbers are for the real PASCAL-5i and COCO-20i; they are never
-compared with runs on the embedded (generated) data set.
+compared with runs on the embedded (generated) data set, and outputs of such runs never call
+their data by the real benchmark's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hdmnet.config import Params
+
 DATASET_NAMES = {"pascal": "PASCAL-5i", "coco": "COCO-20i"}
+EMBEDDED_NAMES = {"pascal": "embedded PASCAL-like", "coco": "embedded COCO-like"}
 BACKBONE_NAMES = {
     "resnet50": "ResNet-50",
     "resnet101": "ResNet-101",
@@ -103,8 +107,19 @@ def paper_result(
     return VARIANTS.get((variant, dataset, backbone, shot))
 
 
-def dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
+def compare_with_paper(params: Params) -> bool:
+    """The paper's numbers are for the real data sets: compare only runs on official data."""
+    return params.data.source == "official"
+
+
+def dataset_name(dataset: str, embedded: bool = False) -> str:
+    """The benchmark's name (PASCAL-5i), or the generated stand-in's (embedded PASCAL-like)."""
+    return (EMBEDDED_NAMES if embedded else DATASET_NAMES).get(dataset, dataset)
+
+
+def data_name(params: Params, dataset: str) -> str:
+    """The name of ``dataset`` as the runs of ``params`` have it (real or embedded)."""
+    return dataset_name(dataset, embedded=not compare_with_paper(params))
 
 
 def backbone_name(backbone: str) -> str:

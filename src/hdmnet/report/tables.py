@@ -1,36 +1,29 @@
-"""Paper-style tables built from metrics records as pandas frames and rendered by pandas.
+"""The paper-style tables, built from metrics records (``hdmnet.report.table`` holds the Table
+type and renders it): the main table (the full model on the grid; on real data the paper's row
+and the difference beside each of ours; rows of external checkpoints, marked so), the ablation
+table (each variant against the full model) and the paper's own numbers.
 
-A ``Table`` is a DataFrame of raw values, one column per CSV column (a value with its delta to
-the full model is two columns, ``key`` and ``key_delta``; a missing cell is NaN), and beside it
-what a frame has no place for: the columns' labels and kinds, and per row its group, its role and
-the runs each value is computed from (``provenance`` traces every cell to its records). Markdown,
-LaTeX and the HTML report show numbers to one decimal, differences with a sign and "-" where the
-grid has no such cell; the CSV keeps raw numbers so that pandas reads it without parsing strings.
+Runs on the embedded (generated) data are never shown under a real benchmark's name: their
+titles, dataset cells and CSV rows say "embedded PASCAL-like" / "embedded COCO-like", and the
+paper's numbers, which are for the real data sets, are not compared with them.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-import pandas as pd
-from tabulate import DataRow, TableFormat
 
 from hdmnet.config import Params
 from hdmnet.layout import Run
 from hdmnet.report import paper
 from hdmnet.report.collect import Metrics
+from hdmnet.report.paper import compare_with_paper
+from hdmnet.report.provenance import run_name, selection_note
+from hdmnet.report.table import Column, Row, Table
+from hdmnet.report.variants import describe
 
-MISSING = "-"
 FOLDS = paper.FOLDS
-PAPER_SOURCE = f"{paper.SOURCE} (spec/PAPER.md)"
-SELECTION_TEXT = {
-    "best_val": "the checkpoint with the best validation mIoU (best_val, the paper's practice)",
-    "last": "the last checkpoint (last)",
-}
 # The notes under the tables, keyed by when they apply (filled in with str.format).
 NOTES = {
     "main": "mIoU and FB-IoU in %, final (ensembled) output, mean over the test seeds; Mean and "
@@ -43,6 +36,10 @@ NOTES = {
     "mean_not_compared": "The mean is not compared: the paper's mean is over folds 0-3.",
     "main_embedded": "These runs use the embedded (generated) data set, not PASCAL-5i or "
     "COCO-20i: the paper's numbers (paper.md) are for the real data and are not compared.",
+    "external": "HDMNet (external: {name}): a checkpoint made outside this pipeline, tested with "
+    "the same protocol and episodes (hdmnet evaluate --checkpoint FILE --name {name}); its "
+    "records are in results/external/{name}/.",
+    "outside_grid": "{path} left out: its dataset, backbone or shot is not in the grid.",
     "ablation": "mIoU (%) of the final output, mean over the test seeds; in parentheses the "
     "variant minus the full model on the same folds. Meta / Base mean: the meta learner's and "
     "the base learner's own outputs, averaged over the folds shown.",
@@ -50,81 +47,9 @@ NOTES = {
     "some deltas are '-': {runs}.",
     "paper_mean": f"Paper mean: {paper.SOURCE}, where the paper gives the variant's number.",
     "ablation_embedded": "Embedded (generated) data set: no comparison with the paper's numbers.",
+    "one_seed": "Training seed {seed} only: the grid's other training seeds ({others}) are not "
+    "in this table.",
 }
-
-
-@dataclass(frozen=True)
-class Column:
-    """``kind``: text (left-aligned, ``show`` formats it), num, or pair (a value and its delta,
-    frame columns ``key`` and ``key_delta``, shown as "70.1 (-1.1)")."""
-
-    key: str
-    label: str
-    kind: str = "num"
-    show: Callable[[Any], str] = str
-
-
-@dataclass(frozen=True)
-class Row:
-    """A row beside its values: its group (rows of one setting are typeset together), its role
-    ("ours", "paper", "diff" or a variant; a diff row's numbers carry their sign) and, per column
-    key, the names of the runs the value is computed from."""
-
-    group: str
-    role: str = "ours"
-    runs: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass
-class Table:
-    """A paper-style table: the values in ``frame``, what each of its rows is in ``rows``."""
-
-    name: str
-    title: str
-    columns: list[Column]
-    frame: pd.DataFrame
-    rows: list[Row]
-    notes: list[str]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A cell as shown: its ``text``, a pair's signed ``delta`` (None without one), and whether
-    the text itself is a signed difference (the HTML report colours both by their sign)."""
-
-    text: str
-    delta: str | None = None
-    signed: bool = False
-    numeric: bool = True
-
-    @property
-    def missing(self) -> bool:
-        return self.text == MISSING
-
-    def __str__(self) -> str:
-        return self.text if self.delta is None else f"{self.text} ({self.delta})"
-
-
-def _table(name: str, title: str, columns: list[Column], rows: list, notes: list[str]) -> Table:
-    """``rows``: (values by frame column, Row) pairs; values of no column are left out."""
-    keys = [
-        k for c in columns for k in ([c.key, f"{c.key}_delta"] if c.kind == "pair" else [c.key])
-    ]
-    frame = pd.DataFrame([values for values, _ in rows], columns=keys)
-    return Table(name, title, columns, frame, [row for _, row in rows], notes)
-
-
-def records(table: Table) -> list[dict[str, Any]]:
-    """The frame's rows as plain Python values, None for a missing cell."""
-    return table.frame.astype(object).where(table.frame.notna(), None).to_dict("records")
-
-
-# --- building -------------------------------------------------------------------------------
-
-
-def compare_with_paper(params: Params) -> bool:
-    """The paper's numbers are for the real data sets: compare only runs on official data."""
-    return params.data.source == "official"
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -150,18 +75,20 @@ def _settings(grid: Any, shots: Iterable[int]) -> list[dict[str, Any]]:
     return [dict(zip(("dataset", "backbone", "shot"), c, strict=True)) for c in combos]
 
 
-def _cells(metrics: dict[Run, Metrics], setting: dict, variant: str, folds: list[int]) -> dict:
-    """Fold -> metrics of ``variant`` in one setting, for the folds that were run."""
-    return {
-        f: metrics[r] for f in folds if (r := Run(**setting, variant=variant, fold=f)) in metrics
-    }
+def _cells(
+    metrics: dict[Run, Metrics], setting: dict, variant: str, folds: list[int], seed: int
+) -> dict:
+    """Fold -> metrics of ``variant`` in one setting and training seed, for the folds run."""
+    runs = (Run(**setting, variant=variant, fold=f, seed=seed) for f in folds)
+    return {run.fold: metrics[run] for run in runs if run in metrics}
 
 
-SETTING_COLUMNS = [
-    Column("dataset", "Dataset", "text", paper.dataset_name),
-    Column("backbone", "Backbone", "text", paper.backbone_name),
-    Column("shot", "Shot", "text"),
-]
+def _setting_columns(embedded: bool) -> list[Column]:
+    return [
+        Column("dataset", "Dataset", "text", lambda d: paper.dataset_name(d, embedded)),
+        Column("backbone", "Backbone", "text", paper.backbone_name),
+        Column("shot", "Shot", "text"),
+    ]
 
 
 def _result_columns(kind: str) -> list[Column]:
@@ -169,25 +96,26 @@ def _result_columns(kind: str) -> list[Column]:
     return [*folds, Column("mean", "Mean", kind), Column("fbiou", "FB-IoU", kind)]
 
 
-def selection_modes(metrics: Iterable[Metrics]) -> dict[str, list[str]]:
-    """Checkpoint selection mode -> names of the runs evaluated with it."""
-    modes: dict[str, list[str]] = {}
-    for item in metrics:
-        mode = str(item.record["checkpoint"].get("selection", "unknown"))
-        modes.setdefault(mode, []).append(item.run.name)
-    return modes
+def _on_data(params: Params, datasets: Iterable[str]) -> str:
+    """A title's mention of the data: none for the real benchmarks, the stand-in's name else."""
+    names = " and ".join(paper.data_name(params, d) for d in datasets)
+    return "" if compare_with_paper(params) else f" on the {names} data"
 
 
-def selection_note(metrics: Iterable[Metrics]) -> str:
-    """How the runs' checkpoints were selected, in words; a mix of modes is flagged."""
-    modes = selection_modes(metrics)
-    if not modes:
-        return "No runs."
-    if len(modes) == 1:
-        (mode,) = modes
-        return f"Checkpoint selection: every run uses {SELECTION_TEXT.get(mode, mode)}."
-    parts = [f"{SELECTION_TEXT.get(m, m)}: {len(names)} runs" for m, names in modes.items()]
-    return "Checkpoint selection is MIXED: " + "; ".join(parts) + "."
+def _named_data(params: Params, table: Table) -> Table:
+    """On the embedded data, the CSV names it in a first column ``data`` (``dataset`` keeps the
+    key the records and paths use)."""
+    if not compare_with_paper(params):
+        table.frame.insert(0, "data", [paper.data_name(params, d) for d in table.frame["dataset"]])
+    return table
+
+
+def _seed_note(params: Params) -> list[str]:
+    """With several training seeds in the grid: a note that the tables show the first one's."""
+    seed, *others = params.grid.train_seeds
+    if not others:
+        return []
+    return [NOTES["one_seed"].format(seed=seed, others=", ".join(map(str, others)))]
 
 
 def _variant_row(cells: dict, full: dict, group: str, role: str) -> tuple[dict, Row]:
@@ -199,7 +127,7 @@ def _variant_row(cells: dict, full: dict, group: str, role: str) -> tuple[dict, 
     for f in FOLDS:
         item, ref = cells.get(f), full.get(f)
         values |= {f"fold{f}": _value(item), f"fold{f}_delta": _sub(_value(item), _value(ref))}
-        runs[f"fold{f}"] = [m.run.name for m in (item, ref) if m is not None]
+        runs[f"fold{f}"] = [run_name(m) for m in (item, ref) if m is not None]
     # The delta of a mean is only meaningful over the same folds.
     same_folds = bool(full) and set(cells) <= set(full)
     for key, name in (("mean", "miou"), ("fbiou", "fbiou")):
@@ -208,40 +136,79 @@ def _variant_row(cells: dict, full: dict, group: str, role: str) -> tuple[dict, 
         values[f"{key}_delta"] = _sub(values[key], ref_mean) if same_folds else None
     for output in ("meta", "base"):
         values[f"{output}_mean"] = _mean(_value(m, "miou", output) for m in cells.values())
-    names = [m.run.name for m in cells.values()]
+    names = [run_name(m) for m in cells.values()]
     runs |= {"meta_mean": names, "base_mean": names}
-    runs["mean"] = runs["fbiou"] = names + [full[f].run.name for f in cells if f in full]
+    runs["mean"] = runs["fbiou"] = names + [run_name(full[f]) for f in cells if f in full]
     return values, Row(group, role, runs)
 
 
-def main_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
+def _external_rows(external: Sequence[Metrics], setting: dict, group: str) -> list:
+    """One row per external checkpoint (and variant) evaluated in ``setting``."""
+    found: dict[tuple[str, str], dict[int, Metrics]] = {}
+    for item in external:
+        if _setting_of(item) == setting:
+            found.setdefault((str(item.external), item.run.variant), {})[item.run.fold] = item
+    rows = []
+    for (name, variant), cells in sorted(found.items()):
+        values, row = _variant_row(cells, {}, group, "external")
+        label = name if variant == "full" else f"{name}, variant {variant}"
+        values |= {**setting, "method": f"HDMNet (external: {label})", "source": "external"}
+        rows.append((values, row))
+    return rows
+
+
+def _setting_of(item: Metrics) -> dict[str, Any]:
+    return {"dataset": item.run.dataset, "backbone": item.run.backbone, "shot": item.run.shot}
+
+
+def _external_shown(
+    external: Sequence[Metrics], settings: list[dict]
+) -> tuple[list[str], list[Metrics]]:
+    """The names of the external checkpoints with rows, and the records left out because their
+    setting is not in the grid."""
+    inside = [item for item in external if _setting_of(item) in settings]
+    outside = [item for item in external if item not in inside]
+    return sorted({str(item.external) for item in inside}), outside
+
+
+def main_table(
+    params: Params,
+    metrics: dict[Run, Metrics],
+    external: Sequence[Metrics] = (),
+    left_out: Sequence[str] = (),
+) -> Table:
     """Full model, rows dataset x backbone x shot, columns folds 0-3, mean and mean FB-IoU.
 
     With real data the paper's row and the difference (ours - paper) follow each of our rows
-    that the paper also reports.
+    that the paper also reports. ``external``: records of checkpoints made elsewhere
+    (``collect.load_external``), a row each after the setting's own, with a Method column that
+    marks them; ``left_out``: notes on the external records not shown.
     """
     grid, compare = params.grid, compare_with_paper(params)
+    seed = grid.train_seeds[0]
     partial = sorted(grid.folds) != list(FOLDS)
     source = [Column("source", "Source", "text")] if compare else []
-    rows = []
-    for setting in _settings(grid, grid.shots):
+    rows, settings = [], _settings(grid, grid.shots)
+    for setting in settings:
         group = "{dataset}/{backbone}/{shot}".format(**setting)
-        cells = _cells(metrics, setting, "full", grid.folds)
+        cells = _cells(metrics, setting, "full", grid.folds, seed)
         ours, row = _variant_row(cells, {}, group, "ours")
-        rows.append(({**ours, **setting, "source": "ours"}, row))
+        rows.append(({**ours, **setting, "method": "HDMNet", "source": "ours"}, row))
         published = paper.paper_result(**setting) if compare else None
         if published is not None:
             theirs = dict(zip([f"fold{f}" for f in FOLDS], published.folds, strict=True))
-            theirs |= {"mean": published.mean, "fbiou": published.fbiou}
+            theirs |= {"mean": published.mean, "fbiou": published.fbiou, "method": "HDMNet"}
             # Means over different fold sets are not comparable.
             keys = [f"fold{f}" for f in FOLDS] + ([] if partial else ["mean", "fbiou"])
-            diff = {k: _sub(ours[k], theirs[k]) for k in keys}
+            diff = {k: _sub(ours[k], theirs[k]) for k in keys} | {"method": "HDMNet"}
             rows.append(({**theirs, **setting, "source": "paper"}, Row(group, "paper")))
             rows.append(
                 ({**diff, **setting, "source": "ours - paper"}, Row(group, "diff", row.runs))
             )
+        rows += _external_rows(external, setting, group)
     notes = [NOTES["main"], selection_note(metrics[r] for r in metrics if r.variant == "full")]
-    split, folds = params.data.coco_split, ", ".join(map(str, grid.folds))
+    shown, outside = _external_shown(external, settings)
+    split = params.data.coco_split
     wanted = {
         "partial": partial,
         "paper_rows": compare,
@@ -249,67 +216,48 @@ def main_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
         "mean_not_compared": compare and partial,
         "main_embedded": not compare,
     }
-    notes += [NOTES[key].format(folds=folds, split=split) for key, on in wanted.items() if on]
-    title = "Main results: mIoU (%) per fold, full model"
-    return _table("main", title, [*SETTING_COLUMNS, *source, *_result_columns("num")], rows, notes)
-
-
-def config_diff(params: Params, variant: str) -> list[tuple[str, Any, Any]]:
-    """(dotted key, full model's value, variant's value) for each override of ``variant``."""
-    if variant == "full":
-        return []
-    rows = []
-    for key, value in params.variants[variant].items():
-        node: Any = params.raw
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        rows.append((key, node, value))
-    return rows
-
-
-def yaml_value(value: Any) -> str:
-    """A parameter value as YAML spells it (true, null, 3)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
-
-
-def describe_variant(params: Params, variant: str) -> str:
-    if variant == "full":
-        return "(full model)"
-    diff = config_diff(params, variant)
-    return ", ".join(f"{key}: {yaml_value(a)} → {yaml_value(b)}" for key, a, b in diff)
+    values = {"folds": ", ".join(map(str, grid.folds)), "split": split}
+    notes += [NOTES[key].format(**values) for key, on in wanted.items() if on]
+    notes += [NOTES["external"].format(name=name) for name in shown]
+    notes += [*left_out, *(NOTES["outside_grid"].format(path=m.path) for m in outside)]
+    notes += _seed_note(params)
+    marked = [Column("method", "Method", "text")] if shown else []
+    columns = [*marked, *_setting_columns(not compare), *source, *_result_columns("num")]
+    title = f"Main results{_on_data(params, grid.datasets)}: mIoU (%) per fold, full model"
+    return _named_data(params, Table.build("main", title, columns, rows, notes))
 
 
 def ablation_table(params: Params, metrics: dict[Run, Metrics]) -> Table:
     """Each variant against the full model on the ablation grid: per fold, mean and FB-IoU
     with the delta (variant - full) in parentheses; mean mIoU of the meta and base outputs."""
-    ab, compare = params.ablation, compare_with_paper(params)
+    ab, compare, seed = params.ablation, compare_with_paper(params), params.grid.train_seeds[0]
     rows, missing_full = [], []
     # Variants that act only with several supports run at their own shots (kshot_variants).
     shots = dict.fromkeys([*ab.shots, *(shot for _, shot in ab.settings())])
     for setting in _settings(ab, shots):
         group = "{dataset}/{backbone}/{shot}".format(**setting)
-        full = _cells(metrics, setting, "full", ab.folds)
+        full = _cells(metrics, setting, "full", ab.folds, seed)
         missing_full += [
-            Run(**setting, variant="full", fold=f).name for f in ab.folds if f not in full
+            Run(**setting, variant="full", fold=f, seed=seed).name
+            for f in ab.folds
+            if f not in full
         ]
         at_shot = [variant for variant, shot in ab.settings() if shot == setting["shot"]]
         for variant in ["full", *at_shot]:
-            cells = _cells(metrics, setting, variant, ab.folds)
+            cells = _cells(metrics, setting, variant, ab.folds, seed)
             values, row = _variant_row(cells, {} if variant == "full" else full, group, variant)
-            values |= {"variant": variant, "change": describe_variant(params, variant), **setting}
+            values |= {"variant": variant, "change": describe(params, variant), **setting}
             published = paper.paper_result(**setting, variant=variant) if compare else None
             rows.append((values | {"paper_mean": published and published.mean}, row))
     notes = [NOTES["ablation"], selection_note(metrics.values())]
     notes += [NOTES["missing_full"].format(runs=", ".join(missing_full))] if missing_full else []
-    notes.append(NOTES["paper_mean" if compare else "ablation_embedded"])
+    notes += [NOTES["paper_mean" if compare else "ablation_embedded"], *_seed_note(params)]
     columns = [Column("variant", "Variant", "text"), Column("change", "Change", "text")]
-    columns += [*SETTING_COLUMNS, *_result_columns("pair")]
+    columns += [*_setting_columns(not compare), *_result_columns("pair")]
     columns += [Column("meta_mean", "Meta mean"), Column("base_mean", "Base mean")]
     columns += [Column("paper_mean", "Paper mean")] if compare else []
-    title = "Ablations: each variant against the full model"
-    return _table("ablation", title, columns, rows, notes)
+    title = f"Ablations{_on_data(params, ab.datasets)}: each variant against the full model"
+    return _named_data(params, Table.build("ablation", title, columns, rows, notes))
 
 
 def paper_table() -> Table:
@@ -331,137 +279,6 @@ def paper_table() -> Table:
         "HDMNet (no_ensemble): the meta output alone, without the base-learner ensemble.",
         "Baselines: ResNet-50, mean over the four folds only.",
     ]
-    columns = [Column("method", "Method", "text"), *SETTING_COLUMNS, *_result_columns("num")]
-    return _table("paper", "The paper's numbers (real data sets)", columns, rows, notes)
-
-
-# --- rendering ------------------------------------------------------------------------------
-
-
-def _num(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.1f}"
-
-
-def _signed(value: float | None) -> str:
-    # round first so that -0.04 prints as +0.0, not -0.0
-    return MISSING if value is None else f"{round(value, 1) or 0.0:+.1f}"
-
-
-def cells(table: Table) -> list[list[Cell]]:
-    """Each row's cells as the Markdown, LaTeX and HTML tables show them."""
-    return [
-        [_cell(column, values, row.role == "diff") for column in table.columns]
-        for values, row in zip(records(table), table.rows, strict=True)
-    ]
-
-
-def _cell(column: Column, values: dict[str, Any], signed: bool) -> Cell:
-    value = values[column.key]
-    if column.kind == "text":
-        return Cell(MISSING if value is None else column.show(value), numeric=False)
-    if signed and column.kind == "num":
-        return Cell(_signed(value), signed=True)
-    delta = values.get(f"{column.key}_delta")
-    return Cell(_num(value), None if value is None or delta is None else _signed(delta))
-
-
-def _shown(table: Table, escape: Callable[[str], str] = str) -> pd.DataFrame:
-    """The table as the strings it shows, labels as column names, ``escape`` applied to all."""
-    rows = [[escape(str(cell)) for cell in row] for row in cells(table)]
-    return pd.DataFrame(rows, columns=[escape(column.label) for column in table.columns])
-
-
-def to_markdown(table: Table) -> str:
-    """A GitHub-flavoured Markdown table with the title above and the notes below."""
-
-    def escape(text: str) -> str:
-        return text.replace("|", r"\|")
-
-    # tabulate's pipe format pads every cell to its column's width; this one writes the cells
-    # unpadded under fixed alignment markers, as the committed tables always were.
-    rule = "|" + "|".join(":--" if c.kind == "text" else "--:" for c in table.columns) + "|"
-    row = DataRow("|", "|", "|")
-    layout = TableFormat(None, lambda *_: rule, None, None, row, row, 1, None)
-    body = _shown(table, escape).to_markdown(
-        index=False, tablefmt=layout, disable_numparse=True, stralign=None, numalign=None
-    )
-    notes = ["", *(f"- {escape(note)}" for note in table.notes)] if table.notes else []
-    return "\n".join([f"### {table.title}", "", body, *notes]) + "\n"
-
-
-def to_csv(table: Table) -> str:
-    """One row per table row, raw values (4 decimals, missing cells empty); a pair column is
-    two columns, ``key`` and ``key_delta``."""
-    # Python's round (correctly rounded), not numpy's: the same text as the csv module wrote.
-    rounded = table.frame.map(lambda v: round(float(v), 4) if isinstance(v, float) else v)
-    return rounded.to_csv(index=False, lineterminator="\n")
-
-
-def _latex_number(text: str) -> str:
-    # Real minus and plus signs instead of hyphens, an en dash for a missing cell.
-    return "--" if text == MISSING else re.sub(r"([+-])(?=\d)", r"$\1$", text)
-
-
-def to_latex(table: Table) -> str:
-    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), ``\\midrule`` between groups."""
-    text = [c.label for c in table.columns if c.kind == "text"]
-    numbers = [c.label for c in table.columns if c.kind != "text"]
-    styler = _shown(table).style.hide(axis="index").format_index(escape="latex", axis=1)
-    styler.format(lambda s: s.replace("→", r"$\rightarrow$"), escape="latex", subset=text)
-    styler.format(_latex_number, subset=numbers)
-    spec = "".join("l" if c.kind == "text" else "r" for c in table.columns)
-    lines = styler.to_latex(column_format=spec, hrules=True).splitlines()
-    # pandas draws no rule between groups of rows: one before each group's first row.
-    body = lines.index(r"\midrule") + 1
-    for i in reversed(range(1, len(table.rows))):
-        if table.rows[i].group != table.rows[i - 1].group:
-            lines.insert(body + i, r"\midrule")
-    head = [
-        f"% {table.title}",
-        "% Rendered by hdmnet from the metrics records (see provenance.json); do not edit.",
-    ]
-    return "\n".join([*head, *lines, *(f"% {note}" for note in table.notes)]) + "\n"
-
-
-# --- provenance -----------------------------------------------------------------------------
-
-
-def run_provenance(item: Metrics) -> dict[str, Any]:
-    """What produced one metrics record: the fields a reader needs to trust or rerun a cell."""
-    record, run = item.record, item.run
-    git, checkpoint, timing = (record.get(key) or {} for key in ("git", "checkpoint", "timing"))
-    kept = ("config_digest", "annotation", "split", "data_hash", "hardware", "mlflow_run_id")
-    return {
-        "record": str(item.path),
-        **{key: getattr(run, key) for key in ("dataset", "backbone", "variant", "fold", "shot")},
-        **{key: record[key] for key in ("miou", "fbiou", "seeds", "episodes_per_seed")},
-        **{key: record.get(key) for key in kept},
-        **{key: git.get(key) for key in ("git_commit", "git_dirty")},
-        **{f"checkpoint_{key}": checkpoint.get(key) for key in ("path", "sha256", "epoch")},
-        "selection": checkpoint.get("selection"),
-        **{key: timing.get(key) for key in ("seconds", "ms_per_episode")},
-    }
-
-
-def provenance(params: Params, metrics: dict[Run, Metrics], tables: list[Table]) -> dict[str, Any]:
-    """Every cell of every table with the runs it comes from, and every run's provenance."""
-    cells = []
-    for table in tables:
-        keys = [c.key for c in table.columns if c.kind == "text"]
-        for values, row in zip(records(table), table.rows, strict=True):
-            for col in (c for c in table.columns if c.kind != "text"):
-                value = values[col.key]
-                if col.kind == "pair":
-                    value = {"value": value, "delta": values[f"{col.key}_delta"]}
-                paper_used = row.role in ("paper", "diff") or col.key == "paper_mean"
-                cell = {"table": table.name, "row": {k: values[k] for k in keys}}
-                cell |= {"column": col.key, "value": value, "runs": row.runs.get(col.key, [])}
-                cells.append(cell | {"paper": PAPER_SOURCE if paper_used else None})
-    return {
-        "preset": params.preset,
-        "data_source": params.data.source,
-        "compared_with_paper": compare_with_paper(params),
-        "selection": selection_modes(metrics.values()),
-        "runs": {item.run.name: run_provenance(item) for item in metrics.values()},
-        "cells": cells,
-    }
+    columns = [Column("method", "Method", "text"), *_setting_columns(False)]
+    columns += _result_columns("num")
+    return Table.build("paper", "The paper's numbers (real data sets)", columns, rows, notes)
