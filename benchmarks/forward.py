@@ -150,7 +150,7 @@ def backbone_fns(model: HDMNet, ep: dict[str, Any]) -> dict[str, Callable[[], An
 
     def ours() -> Any:
         model.eval()
-        return model.encode_query(q), [model.encode_support(s[:, i], m[:, i]) for i in range(k)]
+        return model.encode_episode(q, s, m)
 
     def ref() -> Any:
         mask = (m.reshape(b * k, 1, *m.shape[-2:]) == 1).float()

@@ -117,3 +117,37 @@ def test_reference_matching_is_dense():
         reference.attention = original
     # finest stage: 6x6 query tokens against 2 shots x 36 support tokens, mask [B, Nq, K*Ls]
     assert seen[-1] == ((1, 36, 16), (1, 72, 16), (1, 36, 72))
+
+
+def test_gpu_benchmark_runs_on_cpu_at_toy_sizes(tmp_path):
+    """``benchmarks/gpu.py --device cpu --small``: the GPU benchmark's code path, kept working."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "gpu.py"), "--device", "cpu", "--small", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["numeric_ok"] is True
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 4 * 2  # sizes x shots x variants x (train, eval)
+    measured = [r for r in rows if "per_second" in r]
+    assert {r["variant"] for r in measured} == {"fp32", "bf16", "channels_last", "compile"}
+    assert all(r["per_second"] > 0 for r in measured)
+    assert not any("error" in r for r in rows)
+    skipped = [r for r in rows if "skipped" in r]
+    assert all(r["variant"] == "compile" for r in skipped) and len(skipped) == 6
+    for check in result["checks"].values():
+        ref = check["fp32_vs_official"]
+        assert ref["max_abs_diff"] < 1e-4 and ref["argmax_flips_beyond_margin"] == 0
+        assert check["channels_last"]["max_abs_diff_final"] < 1e-4
+        assert check["bf16"]["argmax_agreement"] > 0.99
+    assert "fp32 vs official" in done.stdout and "episodes/s" in done.stdout

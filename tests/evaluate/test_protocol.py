@@ -16,8 +16,9 @@ from tests.train.test_engines import RUN, trained_setup
 
 from hdmnet import layout
 from hdmnet.evaluate.protocol import OUTPUTS, CodeStore, EpisodeRunner, ProtocolResult
+from hdmnet.jobs.inputs import dataset_root, fold_folder
+from hdmnet.jobs.models import build_meta_model
 from hdmnet.model import load_checkpoint
-from hdmnet.train.common import build_meta_model, dataset_root, fold_folder
 
 SEEDS = [510, 365]
 EPISODES = 60
@@ -92,6 +93,13 @@ def test_planned_order_gives_identical_counts_with_far_fewer_backbone_passes(set
     assert planned.cache["hits"] + planned.cache["misses"] == episodes * (1 + shot)
     assert planned.cache["misses"] == planned.backbone_passes
     assert planned.cache["evictions"] == 0 and 0 < planned.cache["bytes"] <= 64 * 2**20
+    # A (query, support) pair's prior maps are computed once however often the pair recurs.
+    pairs = {
+        (e.recipe.query.image, s.image, e.recipe.class_id) for e in plan for s in e.recipe.supports
+    }
+    assert planned.cache["prior_misses"] == len(pairs)
+    assert planned.cache["prior_hits"] + planned.cache["prior_misses"] == episodes * shot
+    assert planned.cache["prior_hits"] > 0
 
 
 def test_one_episode_at_a_time_agrees_within_0_05_miou(setup):

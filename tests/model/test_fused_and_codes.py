@@ -195,3 +195,31 @@ def test_bf16_encoder_stays_close_and_returns_float32():
     model.configure_inference()
     assert half.final.dtype == torch.float32
     assert float((half.final - plain.final).abs().max()) < 0.1
+
+
+def test_builders_wire_channels_last_and_bf16():
+    from hdmnet.model.pspnet import build_pspnet
+
+    model = build_hdmnet("small", 15, 1, embed_dim=16, channels_last=True, bf16=True)
+    assert model.channels_last and model.autocast_dtype == torch.bfloat16
+    assert model.down_query[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert build_hdmnet("small", 15, 1, embed_dim=16).autocast_dtype is None
+    torch.manual_seed(0)
+    plain = build_pspnet("small", 16).eval()
+    torch.manual_seed(0)
+    fast = build_pspnet("small", 16, channels_last=True, bf16=True).eval()
+    x = torch.randn(1, 3, 41, 41)
+    with torch.no_grad():
+        # On CPU bf16 leaves the base learner in float32 (it trains its backbone).
+        assert torch.allclose(plain(x), fast(x), atol=1e-4)
+    assert fast(x).dtype == torch.float32
+
+
+def test_compiled_frozen_encoder_matches():
+    model = build("small", 1, embed_dim=16)
+    query, supports, masks = episode(1, 1, 41)
+    plain = model(query, supports, masks)
+    model.configure_inference(compile_backend="eager")
+    compiled = model(query, supports, masks)
+    model.configure_inference()
+    assert torch.allclose(plain.final, compiled.final, atol=1e-4)

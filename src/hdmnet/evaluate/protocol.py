@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,8 @@ class CodeStore:
     ``uses[key]`` lists (ascending) the batches that need ``key``. After batch ``now``,
     :meth:`keep` offers the codes it used; :meth:`settle` frees those with no later use and, while
     over budget, evicts the one whose next use is farthest away (it may be the one just offered,
-    which is then simply not kept). Budget 0 keeps nothing.
+    which is then simply not kept). Budget 0 keeps nothing. Keys are tuples whose first item is
+    their kind (``query``, ``support``, ``prior``); hits and misses are counted per kind.
     """
 
     def __init__(self, budget_bytes: int, uses: dict[Hashable, list[int]]) -> None:
@@ -75,8 +77,8 @@ class CodeStore:
         self.entries: dict[Hashable, tuple[Any, int]] = {}
         self.used = 0
         self.peak = 0
-        self.hits = 0
-        self.misses = 0
+        self.hits: Counter[str] = Counter()
+        self.misses: Counter[str] = Counter()
         self.evictions = 0
 
     def next_use(self, key: Hashable, now: int) -> int | None:
@@ -85,10 +87,12 @@ class CodeStore:
         return uses[i] if i < len(uses) else None
 
     def get(self, key: Hashable) -> Any | None:
+        """The kept value (counted as a hit), or None (counted as a miss)."""
         entry = self.entries.get(key)
         if entry is None:
+            self.misses[_kind(key)] += 1
             return None
-        self.hits += 1
+        self.hits[_kind(key)] += 1
         return entry[0]
 
     def keep(self, key: Hashable, value: Any, size: int) -> None:
@@ -111,6 +115,10 @@ class CodeStore:
     def _drop(self, key: Hashable) -> None:
         _, size = self.entries.pop(key)
         self.used -= size
+
+
+def _kind(key: Hashable) -> str:
+    return str(key[0]) if isinstance(key, tuple) and key else "other"
 
 
 @dataclass
@@ -176,6 +184,11 @@ def support_key(item: ListItem, class_id: int, annotation: str) -> Hashable:
     return ("support", item.image, class_id, annotation)
 
 
+def prior_key(query: Hashable, support: Hashable) -> Hashable:
+    """The prior maps of a (query, support) pair, which recurs across seeds."""
+    return ("prior", query, support)
+
+
 class EpisodeRunner:
     """Encodes and decodes evaluation episodes of one fold with a trained HDMNet.
 
@@ -209,6 +222,8 @@ class EpisodeRunner:
         self.batch_size = batch_size
         self.device = device or torch.device("cpu")
         self.passes = 0
+        self.misses = 0
+        self.encode_seconds = 0.0
 
     def dataset(self, seed: int, episodes: int) -> EpisodeDataset:
         return EpisodeDataset(
@@ -225,15 +240,18 @@ class EpisodeRunner:
     # -- encoding: one image, one backbone pass, reduced at once to its code ----------------
 
     def encode_query(self, item: ListItem, classes: int) -> EncodedQuery:
+        start = time.perf_counter()
         image, mask = load_pair(self.root, item, classes)
         tensor, _ = self.transform(image, [])
         with torch.inference_mode():
             feats = self.model.encode_query(torch.from_numpy(tensor)[None].to(self.device))
             code = self.model.query_code(feats)
         self.passes += 1
+        self.encode_seconds += time.perf_counter() - start
         return EncodedQuery(item.image, code, mask)
 
     def encode_support(self, item: ListItem, class_id: int, classes: int) -> SupportCode:
+        start = time.perf_counter()
         image, mask = load_pair(self.root, item, classes)
         label = binary_mask(mask, class_id)
         if self.annotation == "bbox":
@@ -246,6 +264,7 @@ class EpisodeRunner:
             )
             code = self.model.support_code(feats, mask_t)
         self.passes += 1
+        self.encode_seconds += time.perf_counter() - start
         return code
 
     # -- planning --------------------------------------------------------------------------
@@ -289,62 +308,60 @@ class EpisodeRunner:
         return uses
 
     def _keys(self, recipe: Recipe) -> list[Hashable]:
-        keys = [query_key(recipe.query)]
-        return keys + [support_key(s, recipe.class_id, self.annotation) for s in recipe.supports]
+        q = query_key(recipe.query)
+        supports = [support_key(s, recipe.class_id, self.annotation) for s in recipe.supports]
+        return [q, *supports, *(prior_key(q, s) for s in supports)]
 
     # -- decoding --------------------------------------------------------------------------
 
-    def _codes(
-        self, recipes: Sequence[Recipe], classes: int, store: CodeStore | None, now: int
-    ) -> tuple[list[EncodedQuery], list[SupportCode]]:
-        """The codes of a batch's episodes: from the store, or encoded (once per batch when a
-        store is used; once per episode in the straightforward protocol)."""
+    def _batch(
+        self,
+        recipes: Sequence[Recipe],
+        class_indices: Sequence[int],
+        classes: int,
+        pad_to: int,
+        store: CodeStore | None = None,
+        now: int = 0,
+    ) -> list[Decoded]:
+        """Codes of a batch's episodes (kept, or encoded: once per batch with a store, once per
+        episode without), decoded together, padded to ``pad_to`` episodes."""
         batch: dict[Hashable, Any] = {}
 
         def fetch(key: Hashable, compute: Callable[[], Any]) -> Any:
-            if store is not None:
-                if key in batch:
-                    store.hits += 1
-                    return batch[key]
-                value = store.get(key)
-                if value is None:
-                    store.misses += 1
-                    value = compute()
-                batch[key] = value
-                return value
-            self.misses += 1
-            return compute()
+            if store is None:
+                self.misses += 1
+                return compute()
+            if key in batch:
+                store.hits[_kind(key)] += 1
+                return batch[key]
+            value = store.get(key)
+            batch[key] = compute() if value is None else value
+            return batch[key]
 
-        queries, supports = [], []
+        queries, supports, pairs = [], [], []
         for r in recipes:
-            queries.append(
-                fetch(query_key(r.query), lambda r=r: self.encode_query(r.query, classes))
-            )
+            q = query_key(r.query)
+            queries.append(fetch(q, lambda r=r: self.encode_query(r.query, classes)))
             for s in r.supports:
                 key = support_key(s, r.class_id, self.annotation)
                 supports.append(
                     fetch(key, lambda s=s, r=r: self.encode_support(s, r.class_id, classes))
                 )
+                pairs.append(prior_key(q, key))
+        n = len(recipes)
+        pad = max(0, pad_to - n)
+        query_code = QueryCode.cat([q.code for q in queries] + [queries[-1].code] * pad)
+        support_code = SupportCode.cat(list(supports) + list(supports[-self.shot :]) * pad)
+        priors = None
+        if store is not None:
+            pairs += pairs[-self.shot :] * pad
+            priors = self._priors(pairs, query_code, support_code, batch, store, n * self.shot)
+        out = self.model.decode_codes(query_code, support_code, priors=priors)
         if store is not None:
             for key, value in batch.items():
                 store.keep(key, value, value.nbytes)
             store.settle(now)
-        return queries, supports
 
-    def _decode(
-        self,
-        recipes: Sequence[Recipe],
-        class_indices: Sequence[int],
-        queries: Sequence[EncodedQuery],
-        supports: Sequence[SupportCode],
-        pad_to: int,
-    ) -> list[Decoded]:
-        """Decode ``recipes`` from their codes, padded to ``pad_to`` episodes."""
-        n = len(recipes)
-        pad = max(0, pad_to - n)
-        query_codes = [q.code for q in queries] + [queries[-1].code] * pad
-        support_codes = list(supports) + list(supports[-self.shot :]) * pad
-        out = self.model.decode_codes(QueryCode.cat(query_codes), SupportCode.cat(support_codes))
         results = []
         for b in range(n):
             recipe, query = recipes[b], queries[b]
@@ -365,14 +382,46 @@ class EpisodeRunner:
             )
         return results
 
+    def _priors(
+        self,
+        pairs: Sequence[Hashable],
+        query_code: QueryCode,
+        support_code: SupportCode,
+        batch: dict[Hashable, Any],
+        store: CodeStore,
+        real: int,
+    ) -> torch.Tensor:
+        """Prior maps of the batch's (query, support) pairs: kept ones reused, others computed
+        (each on its own, so a kept map equals a fresh one bit for bit). The pairs after the
+        first ``real`` are padding copies."""
+        maps: dict[Hashable, torch.Tensor] = {}
+        missing: list[tuple[int, int]] = []
+        missing_keys: list[Hashable] = []
+        for j, key in enumerate(pairs):
+            if key in maps or key in missing_keys:
+                if j < real:  # not a padding copy
+                    store.hits["prior"] += 1
+                continue
+            value = store.get(key)
+            if value is None:
+                missing.append((j // self.shot, j))
+                missing_keys.append(key)
+            else:
+                maps[key] = value
+        if missing:
+            fresh = self.model.pair_priors(query_code, support_code, missing)
+            for key, value in zip(missing_keys, fresh, strict=True):
+                maps[key] = value.clone()
+        for key in maps:
+            batch[key] = maps[key]
+        return torch.stack([maps[key] for key in pairs])
+
     def decode_batch(self, dataset: EpisodeDataset, indices: Sequence[int]) -> list[Decoded]:
         """Decode episodes ``indices`` together, encoding their images afresh."""
         self.model.eval()
         recipes = [dataset.episode_recipe(i) for i in indices]
-        self.misses = 0
-        queries, supports = self._codes(recipes, dataset.num_classes, None, 0)
         class_indices = [dataset.classes.index(r.class_id) for r in recipes]
-        return self._decode(recipes, class_indices, queries, supports, len(recipes))
+        return self._batch(recipes, class_indices, dataset.num_classes, len(recipes))
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -406,15 +455,16 @@ class EpisodeRunner:
 
         batches = self.batches(self.plan(datasets, range(rank, episodes, world_size)))
         store = CodeStore(self.cache_bytes, self._uses(batches)) if self.cache_bytes else None
-        encode_s = decode_s = 0.0
+        self.encode_seconds = 0.0
         bar = progress(batches, desc=desc)
         for t, batch in enumerate(bar):
-            tick = time.perf_counter()
-            recipes = [e.recipe for e in batch]
-            queries, supports = self._codes(recipes, first.num_classes, store, t)
-            tock = time.perf_counter()
-            decoded = self._decode(
-                recipes, [e.class_index for e in batch], queries, supports, self.batch_size
+            decoded = self._batch(
+                [e.recipe for e in batch],
+                [e.class_index for e in batch],
+                first.num_classes,
+                self.batch_size,
+                store,
+                t,
             )
             for e, episode in zip(batch, decoded, strict=True):
                 label_t = torch.from_numpy(episode.label.astype(np.int64))
@@ -424,28 +474,31 @@ class EpisodeRunner:
                 if base_meter is not None and episode.query.name not in scored:
                     scored.add(episode.query.name)
                     self._score_base(episode.query, base_meter, lut)
-            encode_s += tock - tick
-            decode_s += time.perf_counter() - tock
             bar.set(miou=100 * meters[batch[-1].seed]["final"].miou())
 
         total = sum(len(b) for b in batches)
+        seconds = time.perf_counter() - start
+        hits = store.hits if store is not None else Counter()
+        misses = store.misses if store is not None else Counter(image=self.misses)
         cache = {
             "order": "planned" if store is not None else "straightforward",
-            "hits": store.hits if store is not None else 0,
-            "misses": store.misses if store is not None else self.misses,
+            "hits": hits["query"] + hits["support"],
+            "misses": self.passes,
+            "prior_hits": hits["prior"],
+            "prior_misses": misses["prior"],
             "evictions": store.evictions if store is not None else 0,
             "bytes": store.peak if store is not None else 0,
             "backbone_passes": self.passes,
             "passes_per_episode": self.passes / max(1, total),
-            "encode_seconds": encode_s,
-            "decode_seconds": decode_s,
+            "encode_seconds": self.encode_seconds,
+            "decode_seconds": seconds - self.encode_seconds,
         }
         return ProtocolResult(
             meters=meters,
             classes=tuple(first.classes),
             base=base_meter,
             episodes=episodes,
-            seconds=time.perf_counter() - start,
+            seconds=seconds,
             cache=cache,
         )
 

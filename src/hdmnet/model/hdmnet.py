@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -33,6 +33,7 @@ from hdmnet.model.fused import FrozenEncoder
 from hdmnet.model.losses import distillation_loss, segmentation_ce
 from hdmnet.model.pspnet import PPM, head_dims
 from hdmnet.model.transformer import ATTENTIONS, CrossAttention, SupportStage, Transformer
+from hdmnet.model.weights import load_base_learner_into
 
 # Modules copied from the PSPNet base learner and frozen during meta-training.
 FROZEN_MODULES = ("layer0", "layer1", "layer2", "layer3", "layer4", "ppm", "cls", "base_learnear")
@@ -103,6 +104,12 @@ class PackedPrior:
             tuple(c for p in priors for c in p.counts),
             priors[0].positions,
         )
+
+    def rows(self, j: int) -> tuple[Tensor, Tensor, int]:
+        """Support j's foreground rows ``[n, C]``, their norms ``[n]`` and ``positions``."""
+        start = sum(self.counts[:j])
+        stop = start + self.counts[j]
+        return self.feat[start:stop], self.norm[start:stop], self.positions
 
     @property
     def nbytes(self) -> int:
@@ -268,39 +275,35 @@ def prior_similarity(query: Tensor, support: Tensor, mask: Tensor) -> Tensor:
     return torch.stack(out).reshape(b, 1, h, w)
 
 
+def pair_prior(
+    query: Tensor, query_norm: Tensor, rows: Tensor, norms: Tensor, positions: int
+) -> Tensor:
+    """Prior map ``[h*w]`` of one (query, support) pair: max over the support's foreground rows
+    ``[n, C]`` (norms ``[n]``, out of ``positions``) of their cosine with every query position
+    (``query`` ``[C, h*w]``, norms ``[h*w]``); floored at 0 when background positions exist."""
+    if rows.shape[0] == 0:
+        return query.new_zeros(query.shape[1])
+    cos = (rows @ query) / (norms[:, None] * query_norm[None, :] + COSINE_EPS)
+    best = cos.max(0).values
+    return best.clamp_min(0.0) if rows.shape[0] < positions else best
+
+
 def packed_prior(query: Tensor, query_norm: Tensor, support: PackedPrior) -> Tensor:
     """Prior map ``[B, h*w]`` (shot mean) from flattened query features ``[B, C, h*w]``, their
     norms ``[B, h*w]`` and the packed support rows of ``B * K`` supports.
 
-    Same values as :func:`prior_similarity` (one matrix product per query for all its shots).
+    Same values as :func:`prior_similarity`; each (query, support) pair is computed on its own
+    (:func:`pair_prior`), so a pair's map does not depend on the other shots.
     """
-    b, _, n = query.shape
+    b = query.shape[0]
     shots = len(support.counts) // b
-    ends = torch.tensor(support.counts).cumsum(0).tolist()
-    out = []
-    for i in range(b):
-        first = i * shots
-        start = ends[first - 1] if first else 0
-        stop = ends[first + shots - 1]
-        per_shot = []
-        if stop > start:
-            rows = support.feat[start:stop]
-            cos = (rows @ query[i]) / (
-                support.norm[start:stop, None] * query_norm[i][None, :] + COSINE_EPS
-            )
-        offset = 0
-        for k in range(shots):
-            count = support.counts[first + k]
-            if count == 0:
-                per_shot.append(query.new_zeros(n))
-                continue
-            best = cos[offset : offset + count].max(0).values
-            if count < support.positions:
-                best = best.clamp_min(0.0)
-            per_shot.append(best)
-            offset += count
-        out.append(per_shot[0] if shots == 1 else torch.stack(per_shot).mean(0))
-    return torch.stack(out)
+    maps = torch.stack(
+        [
+            pair_prior(query[j // shots], query_norm[j // shots], *support.rows(j))
+            for j in range(len(support.counts))
+        ]
+    )
+    return maps.reshape(b, shots, -1).mean(1)
 
 
 def gram_matrix(feat: Tensor) -> Tensor:
@@ -409,6 +412,7 @@ class HDMNet(nn.Module):
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
         self.fuse_frozen = True
+        self.compile_backend: str | None = None
         self.sparse_foreground = True
 
         for i in range(5):
@@ -468,27 +472,34 @@ class HDMNet(nn.Module):
 
     def load_base_learner(self, state: Mapping[str, Tensor]) -> None:
         """Copy backbone, PPM and classifier from a PSPNet state dict (BAM / ours, any prefix)."""
-        from hdmnet.model.checkpoint import load_base_learner_into
-
-        load_base_learner_into(self, state)
+        load_base_learner_into(self, state, FROZEN_MODULES)
 
     def configure_inference(
-        self, channels_last: bool = False, bf16: bool = False, fuse_frozen: bool = True
+        self,
+        channels_last: bool = False,
+        bf16: bool = False,
+        fuse_frozen: bool = True,
+        compile_backend: str | None = None,
     ) -> HDMNet:
-        """Speed settings (``model.channels_last`` / ``model.bf16`` in params.yaml).
+        """Speed settings; ``model.channels_last`` / ``model.bf16`` in params.yaml set the first
+        two (through :func:`build_hdmnet`).
 
         ``fuse_frozen`` (default): the frozen encoder runs BatchNorm-folded (exact fp32 up to
         rounding, :mod:`hdmnet.model.fused`). ``bf16``: the frozen encoder runs in bfloat16
-        (CPU: oneDNN, AMX / AVX-512-BF16 where present), and on CUDA the meta learner runs
-        under bfloat16 autocast too; features and outputs stay float32. It changes the numbers
-        (``benchmarks/gpu.py`` and ``benchmarks/precision.py`` print by how much), hence off
-        by default. ``channels_last``: channels-last activations and weights for the
-        meta learner's convolutions and the frozen encoder's features (the fused encoder is
-        channels-last internally on CPU either way).
+        (CPU: oneDNN, on AMX / AVX-512-BF16 where the CPU has them), and on CUDA the meta
+        learner runs under bfloat16 autocast too, in training as well; features, outputs and
+        losses stay float32. It changes the numbers (``benchmarks/bf16.py`` prints by how
+        much), hence off by default. ``channels_last``: channels-last weights and activations
+        (the meta learner's convolutions, the frozen encoder's features; the fused encoder is
+        channels-last internally on CPU either way). ``compile_backend`` (e.g. ``inductor``):
+        the frozen encoder through ``torch.compile`` of the modules instead of the folded path
+        (the decoder's shapes depend on the masks, so it stays eager).
         """
         self.channels_last = channels_last
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.fuse_frozen = fuse_frozen
+        self.compile_backend = compile_backend
+        _COMPILED.pop(self, None)
         self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return self
 
@@ -552,9 +563,11 @@ class HDMNet(nn.Module):
                         f"{tuple(image.shape)}; expected [B, H, W]"
                     )
                 image = image * (mask == 1).unsqueeze(1).to(image.dtype)
-            encoder = self.frozen_encoder(image.device)
+            encoder = None if self.compile_backend else self.frozen_encoder(image.device)
             if encoder is not None:
                 layer2, layer3, layer4, feat5 = encoder(image)
+            elif self.compile_backend:
+                layer2, layer3, layer4, feat5 = self._compiled_features()(image)
             else:
                 layer2, layer3, layer4, feat5 = self._module_features(image)
             if self.is_vgg:
@@ -562,6 +575,13 @@ class HDMNet(nn.Module):
                     layer2, size=layer3.shape[-2:], mode="bilinear", align_corners=True
                 )
         return Features(layer2, layer3, layer4, feat5, size)
+
+    def _compiled_features(self) -> Callable[[Tensor], list[Tensor]]:
+        fn = _COMPILED.get(self)
+        if fn is None:
+            fn = torch.compile(self._module_features, backend=self.compile_backend)
+            _COMPILED[self] = fn
+        return fn
 
     def _module_features(self, image: Tensor) -> list[Tensor]:
         """The frozen encoder through the modules themselves (autocast for bf16)."""
@@ -723,8 +743,14 @@ class HDMNet(nn.Module):
         query_mask: Tensor | None = None,
         query_base_mask: Tensor | None = None,
         class_ids: Tensor | None = None,
+        priors: Tensor | None = None,
     ) -> HDMNetOutput:
-        """Decode B episodes from a query code (batch B) and a support code (batch B * K)."""
+        """Decode B episodes from a query code (batch B) and a support code (batch B * K).
+
+        ``priors`` ``[B * K, 2, h*w]``: the pairs' prior maps if already known (an evaluator
+        reuses them when a (query, support) pair recurs); computed with :meth:`pair_priors`
+        otherwise.
+        """
         b = len(query)
         if len(supports) != b * self.shot:
             raise ValueError(
@@ -737,9 +763,32 @@ class HDMNet(nn.Module):
             )
         self._check_targets(query_mask, class_ids)
         if self.training:
-            return self._decode(query, supports, query_mask, query_base_mask, class_ids)
+            return self._decode(query, supports, query_mask, query_base_mask, class_ids, priors)
         with self._decode_context(query.feat.device):
-            return self._decode(query, supports, query_mask, query_base_mask, None)
+            return self._decode(query, supports, query_mask, query_base_mask, None, priors)
+
+    def pair_priors(
+        self,
+        query: QueryCode,
+        supports: SupportCode,
+        pairs: Sequence[tuple[int, int]] | None = None,
+    ) -> Tensor:
+        """Prior maps ``[P, 2, h*w]`` (feature 5, layer4) of (query b, support j) ``pairs``.
+
+        Default: every support with its own query (j with query j // K, in support order).
+        Each pair is computed on its own, so its map is the same in any batch.
+        """
+        if pairs is None:
+            shots = len(supports) // len(query)
+            pairs = [(j // shots, j) for j in range(len(supports))]
+        feat5, layer4 = supports.priors
+        maps = []
+        with torch.no_grad():
+            for b, j in pairs:
+                f5 = pair_prior(query.feat5[b], query.feat5_norm[b], *feat5.rows(j))
+                f4 = pair_prior(query.layer4[b], query.layer4_norm[b], *layer4.rows(j))
+                maps.append(torch.stack([f5, f4]))
+        return torch.stack(maps)
 
     def _check_targets(self, query_mask: Tensor | None, class_ids: Tensor | None) -> None:
         if self.training:
@@ -775,19 +824,15 @@ class HDMNet(nn.Module):
         query_mask: Tensor | None,
         query_base_mask: Tensor | None,
         class_ids: Tensor | None,
+        priors: Tensor | None = None,
     ) -> HDMNetOutput:
         b = len(query)
         shots = len(supports) // b
         h, w = query.feat.shape[-2:]
         proto = supports.proto.reshape(b, shots, -1, 1, 1).mean(1)
-        with torch.no_grad():
-            similarity = torch.stack(
-                [
-                    packed_prior(query.feat5, query.feat5_norm, supports.priors[0]),
-                    packed_prior(query.layer4, query.layer4_norm, supports.priors[1]),
-                ],
-                1,
-            ).reshape(b, 2, h, w)
+        if priors is None:
+            priors = self.pair_priors(query, supports)
+        similarity = priors.reshape(b, shots, 2, h, w).mean(1)
         query_feat = self.query_merge(
             torch.cat([query.feat, proto.expand_as(query.feat), similarity * SIMILARITY_SCALE], 1)
         )
@@ -895,6 +940,7 @@ class HDMNet(nn.Module):
 # Folded encoders, per model: kept outside the module so that state dicts, deep copies and DDP
 # never see their derived (possibly oneDNN-opaque) tensors.
 _ENCODERS: weakref.WeakKeyDictionary[HDMNet, FrozenEncoder] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[HDMNet, Callable] = weakref.WeakKeyDictionary()
 
 
 def _is_bn(module: nn.Module) -> bool:
@@ -916,14 +962,18 @@ def build_hdmnet(
     cls_dim: int | None = None,
     blocks: Sequence[int] | None = None,
     width: float | None = None,
+    channels_last: bool = False,
+    bf16: bool = False,
 ) -> HDMNet:
     """Build HDMNet for ``backbone`` (resnet50, resnet101, vgg16, small).
 
     ``num_base_classes`` excludes background (15 for PASCAL-5i, 60 for COCO-20i).
     ``blocks``/``width``/``cls_dim``/``reduce_dim``/``embed_dim`` size the small variant.
+    ``channels_last`` / ``bf16`` (``model.channels_last`` / ``model.bf16``): see
+    :meth:`HDMNet.configure_inference`.
     """
     net = build_backbone(backbone, blocks=blocks, width=width)
-    return HDMNet(
+    model = HDMNet(
         net,
         num_base_classes,
         shot,
@@ -936,6 +986,9 @@ def build_hdmnet(
         reduce_dim=reduce_dim,
         cls_dim=cls_dim,
     )
+    if channels_last or bf16:
+        model.configure_inference(channels_last=channels_last, bf16=bf16)
+    return model
 
 
 __all__ = [
@@ -954,6 +1007,7 @@ __all__ = [
     "gram_matrix",
     "kshot_weights",
     "packed_prior",
+    "pair_prior",
     "prior_similarity",
     "prior_similarity_dense",
     "weighted_gap",

@@ -6,6 +6,7 @@ checkpoints load without renaming; HDMNet copies these modules (``HDMNet.load_ba
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -93,6 +94,17 @@ class PSPNet(nn.Module):
         self.ppm = PPM(fea_dim, red_dim)
         self.cls = make_classifier(self.ppm.out_dim, mid_dim, num_classes, dropout)
         self.num_classes = num_classes
+        self.channels_last = False
+        self.autocast_dtype: torch.dtype | None = None
+
+    def configure_inference(self, channels_last: bool = False, bf16: bool = False) -> PSPNet:
+        """``model.channels_last``: channels-last weights and inputs. ``model.bf16``: bfloat16
+        autocast of the forward on CUDA (the base learner trains its backbone, so on CPU it
+        stays float32); logits are returned in float32."""
+        self.channels_last = channels_last
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return self
 
     def backbone_layers(self) -> list[nn.Module]:
         """The five backbone stages (trained at the base learning rate)."""
@@ -104,9 +116,16 @@ class PSPNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``[B, C, H, W]`` for images ``[B, 3, H, W]``."""
-        feat = run_layers(self, x)[4]
-        logits = self.cls(self.ppm(feat))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        size = x.shape[-2:]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.autocast_dtype is not None and x.device.type == "cuda":
+            autocast = torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+        with autocast:
+            feat = run_layers(self, x)[4]
+            logits = self.cls(self.ppm(feat))
+        return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
 
     @staticmethod
     def loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -121,16 +140,22 @@ def build_pspnet(
     cls_dim: int | None = None,
     blocks: Sequence[int] | None = None,
     width: float | None = None,
+    channels_last: bool = False,
+    bf16: bool = False,
 ) -> PSPNet:
     """Build a PSPNet; ``num_classes`` counts background (16 for PASCAL-5i, 61 for COCO-20i).
 
     ``pretrained`` is a local ImageNet weight file for the backbone (PSPNet "resnet50_v2" /
     torchvision VGG-16-BN format). ``blocks``/``width``/``cls_dim`` size the ``small`` variant.
+    ``channels_last`` / ``bf16``: :meth:`PSPNet.configure_inference`.
     """
     net = build_backbone(backbone, blocks=blocks, width=width)
     if pretrained is not None:
         load_imagenet_weights(net, pretrained)
-    return PSPNet(net, num_classes, cls_dim=cls_dim)
+    model = PSPNet(net, num_classes, cls_dim=cls_dim)
+    if channels_last or bf16:
+        model.configure_inference(channels_last=channels_last, bf16=bf16)
+    return model
 
 
 __all__ = [

@@ -185,10 +185,15 @@ def matching_attention_sparse(
             corrs.append(q.new_zeros(q.shape[2]))
             continue
         m = mask[b, idx]
-        scores = qn[b] @ kn[b, :, idx].transpose(-2, -1) / temperature
-        attn = scores.softmax(dim=-2) * m
-        outs.append(attn @ v[b, :, idx])
-        corrs.append(((scores * m).sum(-1) / (m.sum() + 1e-9)).mean(0))
+        # Scores laid out [heads, support, query]: the softmax over the query axis then runs
+        # along contiguous memory (several times faster than across it at 60x60).
+        scores = kn[b][:, idx] @ qn[b].transpose(-2, -1) / temperature
+        attn = scores.softmax(dim=-1)
+        if not bool((m == 1).all()):  # a binary mask selects ones only: nothing to weight
+            attn = attn * m[None, :, None]
+            scores = scores * m[None, :, None]
+        outs.append(attn.transpose(-2, -1) @ v[b][:, idx])
+        corrs.append((scores.sum(-2) / (m.sum() + 1e-9)).mean(0))
     return torch.stack(outs), torch.stack(corrs)
 
 
