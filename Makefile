@@ -21,6 +21,7 @@ demo: install
 test: install
 	@bash scripts/ensure_test_tools.sh
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="data set whose archives to fetch (repeatable; default: grid.datasets)",
     )
 
-    cmd = add("prepare", "convert masks, build full lists, fold lists and base annotations")
+    cmd = add("prepare", "convert masks, build full lists, class-pixel counts and fold lists")
     cmd.add_argument("dataset", choices=DATASETS)
 
     cmd = add("train-base", "train the PSPNet base learner of one dataset, backbone and fold")

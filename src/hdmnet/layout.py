@@ -91,6 +91,18 @@ def prepared_dir(params: Params, dataset: str) -> Path:
     return data_dir(params) / dataset
 
 
+def schemes(dataset: str) -> tuple[str, ...]:
+    """The fold schemes of ``dataset``: PASCAL-5i has one split (its scheme name is only a label
+    for the fold functions); COCO-20i has two, and ``data.coco_split`` picks one."""
+    return COCO_SPLITS if dataset == "coco" else ("fwb",)
+
+
+def scheme(params: Params, dataset: str) -> str:
+    """The fold scheme ``dataset`` uses under ``params``."""
+    options = schemes(dataset)
+    return params.data.coco_split if len(options) > 1 else options[0]
+
+
 def split_folder(dataset: str, scheme: str, exclude_novel: bool) -> str:
     """Fold-list folder name: the fold scheme (one on PASCAL) and the exclusion rule."""
     name = "pascal5i" if dataset == "pascal" else scheme

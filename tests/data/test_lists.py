@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from hdmnet.data.errors import DataError
-from hdmnet.data.folds import apply_label_map, base_label_map
 from hdmnet.data.lists import (
     ListItem,
     build_fold_lists,
@@ -18,7 +17,6 @@ from hdmnet.data.lists import (
     load_fold_lists,
     read_list,
     save_counts,
-    write_base_annotations,
     write_fold_lists,
 )
 from hdmnet.data.masks import class_pixel_counts, read_image, read_mask
@@ -316,29 +314,3 @@ def test_bad_list_lines(tmp_path):
         read_list(tmp_path / "l.txt")
     (tmp_path / "l.txt").write_text("a.jpg a.png\n\n")
     assert read_list(tmp_path / "l.txt") == [ListItem("a.jpg", "a.png")]
-
-
-# --- base annotations ---------------------------------------------------------------------
-
-
-def test_base_annotations_files_match_lut(pascal, tmp_path):
-    root, ct, _ = pascal
-    lut = base_label_map("pascal", 0)
-    write_base_annotations(root, ct.items, lut, tmp_path / "base", workers=2)
-    for item in ct.items:
-        written = read_mask(tmp_path / "base" / item.mask)
-        assert np.array_equal(written, apply_label_map(read_mask(root / item.mask), lut))
-    c = read_mask(tmp_path / "base" / "SegmentationClassAug" / "c.png")
-    assert set(np.unique(c).tolist()) == {0, 3}  # class 8 -> 3, novel 1 -> 0
-    f = read_mask(tmp_path / "base" / "SegmentationClassAug" / "f.png")
-    assert set(np.unique(f).tolist()) == {0, 6, 255}  # class 11 -> 6, 255 kept
-
-
-def test_base_annotations_failure_leaves_no_partial_files(tmp_path):
-    masks = {"x": make_mask((6, 2048)), "y": make_mask((6, 100), (37, 1))}
-    path = write_split(tmp_path, masks, "t.txt")
-    out = tmp_path / "base"
-    with pytest.raises(DataError, match=r"y\.png contains unknown class id\(s\) \[37\]"):
-        write_base_annotations(tmp_path, read_list(path), base_label_map("pascal", 0), out, 1)
-    written = [p for p in out.rglob("*") if p.is_file()]
-    assert [p.name for p in written] == ["x.png"]  # complete file for x, nothing for y

@@ -12,8 +12,8 @@ from hdmnet.model.backbone import (
     build_backbone,
     load_imagenet_weights,
 )
-from hdmnet.model.checkpoint import CheckpointError
 from hdmnet.model.pspnet import build_pspnet
+from hdmnet.model.weights import CheckpointError
 
 
 def test_resnet50_output_stride_8_and_channels():

@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdmnet.model.checkpoint import (
-    CheckpointError,
-    check_compatible,
-    infer_meta,
-    load_checkpoint,
-    save_checkpoint,
-)
+from hdmnet.model.checkpoint import check_compatible, infer_meta, load_checkpoint, save_checkpoint
 from hdmnet.model.hdmnet import build_hdmnet
 from hdmnet.model.pspnet import build_pspnet
+from hdmnet.model.weights import CheckpointError
 
 
 def small(shot: int = 1, classes: int = 15, seed: int = 0):

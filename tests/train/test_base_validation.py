@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from hdmnet.evaluate.metrics import intersection_union, upsample_to_label
+from hdmnet.jobs.distributed import DistInfo
 from hdmnet.train.base import BaseValidation
-from hdmnet.train.distributed import DistInfo
 
 CLASSES = 4
 INFO = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -180,8 +180,9 @@ def test_training_loss_falls_and_the_record_says_what_ran(trained, which):
 def test_trained_model_beats_an_untrained_one_on_novel_classes(trained, tmp_path):
     """A random meta learner on the same base learner, on the same test episodes."""
     from hdmnet.evaluate.evaluator import External, evaluate
+    from hdmnet.jobs.checks import base_cell, meta_cell
+    from hdmnet.jobs.models import build_meta_model
     from hdmnet.model import load_checkpoint, save_checkpoint
-    from hdmnet.train.common import base_cell, build_meta_model, meta_cell
 
     params = trained.params.with_overrides([f"paths.results={tmp_path}", "tracking.enabled=false"])
     torch.manual_seed(0)

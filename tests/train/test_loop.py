@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from hdmnet.config import load_params
+from hdmnet.jobs.distributed import DistInfo, EpochSampler
 from hdmnet.tracking import Tracker
-from hdmnet.train.distributed import DistInfo, EpochSampler
 from hdmnet.train.loop import Loop, conclude, fit
 from hdmnet.train.state import seed_everything
 

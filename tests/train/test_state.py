@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdmnet.train.distributed import EpochSampler, per_process_batch
+from hdmnet.jobs.distributed import EpochSampler, per_process_batch
 from hdmnet.train.state import (
     History,
     Position,

@@ -78,21 +78,6 @@ def load_pair(root: Path, item: ListItem, classes: int) -> tuple[np.ndarray, np.
     return image, mask
 
 
-def _base_mask(
-    root: Path, item: ListItem, mask: np.ndarray, lut: np.ndarray, base_dir: Path | None
-) -> np.ndarray:
-    """The item's base annotation: ``lut`` on the fly, or the written file under ``base_dir``."""
-    if base_dir is None:
-        return apply_label_map(mask, lut)
-    base = read_mask(base_dir / item.mask)
-    if base.shape != mask.shape:
-        raise DataError(
-            f"base annotation {base_dir / item.mask} is {base.shape[1]}x{base.shape[0]} but "
-            f"mask {root / item.mask} is {mask.shape[1]}x{mask.shape[0]}"
-        )
-    return base
-
-
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
@@ -119,9 +104,8 @@ class EpisodeDataset(Dataset):
 
     ``lists`` is a ``FoldLists`` or a folder written by ``write_fold_lists``. ``mode`` 'train'
     draws classes among the fold's base classes, 'val' among its novel classes. ``num_episodes``
-    defaults to one per list item; more cycle the list in order. Base masks come from
-    ``base_dir / item.mask`` when given (files of ``write_base_annotations``), else from
-    ``base_lut`` (default: the fold's ``base_label_map``) applied on the fly.
+    defaults to one per list item; more cycle the list in order. Base masks are ``base_lut``
+    (default: the fold's ``base_label_map``) applied on the fly.
 
     Raises ``DataError`` at construction if a class that episodes can draw has fewer than
     ``shot + 1`` images in the list (validation: every novel class must have them).
@@ -138,7 +122,6 @@ class EpisodeDataset(Dataset):
         seed: int = 0,
         annotation: str = "mask",
         base_lut: np.ndarray | None = None,
-        base_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.lists = lists if isinstance(lists, FoldLists) else load_fold_lists(lists)
@@ -166,7 +149,6 @@ class EpisodeDataset(Dataset):
             if base_lut is None
             else np.asarray(base_lut, dtype=np.uint8)
         )
-        self.base_dir = None if base_dir is None else Path(base_dir)
         self.epoch = 0
         self._check_class_sizes()
 
@@ -216,7 +198,7 @@ class EpisodeDataset(Dataset):
         label = binary_mask(mask, c)
         query, (query_mask, base_mask) = self.transform(
             image,
-            [label, _base_mask(self.root, recipe.query, mask, self.base_lut, self.base_dir)],
+            [label, apply_label_map(mask, self.base_lut)],
             rng,
         )
         supports, support_masks = [], []
@@ -248,8 +230,8 @@ class EpisodeDataset(Dataset):
 class BaseDataset(Dataset):
     """Images with base annotations, for base-learner training and base-class validation.
 
-    The base mask is ``lut`` applied to the mask on the fly, or read from ``base_dir / item.mask``
-    when given. With ``keep_label`` the sample also holds the original-size base mask ``label``.
+    The base mask is ``lut`` applied to the mask on the fly. With ``keep_label`` the sample also
+    holds the original-size base mask ``label``.
     """
 
     def __init__(
@@ -259,7 +241,6 @@ class BaseDataset(Dataset):
         lut: np.ndarray,
         transform: Transform,
         seed: int = 0,
-        base_dir: str | os.PathLike[str] | None = None,
         keep_label: bool = False,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -270,7 +251,6 @@ class BaseDataset(Dataset):
         self.num_classes = lut_num_classes(self.lut)
         self.transform = transform
         self.seed = seed
-        self.base_dir = None if base_dir is None else Path(base_dir)
         self.keep_label = keep_label
         self.epoch = 0
 
@@ -285,7 +265,7 @@ class BaseDataset(Dataset):
             raise IndexError(f"sample {index} out of range 0..{len(self.items) - 1}")
         item = self.items[index]
         image, mask = load_pair(self.root, item, self.num_classes)
-        base = _base_mask(self.root, item, mask, self.lut, self.base_dir)
+        base = apply_label_map(mask, self.lut)
         rng = _rng(self.seed, _MODE_TAG["base"], self.epoch, index)
         out_image, (out_mask,) = self.transform(image, [base], rng)
         sample: dict[str, Any] = {

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
 from hdmnet.data.errors import DataError
-from hdmnet.data.folds import IGNORE, apply_label_map, fold_classes, num_classes
+from hdmnet.data.folds import IGNORE, fold_classes, num_classes
 from hdmnet.data.masks import class_pixel_counts, read_mask
 from hdmnet.errors import MissingFileError
-from hdmnet.fileio import atomic_path, write_json, write_text
+from hdmnet.fileio import write_json, write_text
 from hdmnet.parallel import parallel_map
 
 MIN_PIXELS = 2 * 32 * 32
@@ -458,32 +457,3 @@ def lut_num_classes(lut: np.ndarray) -> int:
     """Largest class id a ``base_label_map`` table defines (ids above it map to ignore)."""
     defined = np.flatnonzero(lut[:IGNORE] != IGNORE)
     return int(defined.max()) if defined.size else 0
-
-
-def _relabel_one(
-    item: ListItem, root: str, lut: np.ndarray, out_dir: str, num_classes: int
-) -> None:
-    mask = read_mask(os.path.join(root, item.mask), num_classes)
-    with atomic_path(os.path.join(out_dir, item.mask)) as tmp:
-        Image.fromarray(apply_label_map(mask, lut), mode="L").save(tmp, format="PNG")
-
-
-def write_base_annotations(
-    root: str | os.PathLike[str],
-    items: Sequence[ListItem],
-    lut: np.ndarray,
-    out_dir: str | os.PathLike[str],
-    workers: int | None = None,
-) -> None:
-    """Write each item's mask relabelled by ``lut`` to ``out_dir / item.mask`` (atomic PNGs).
-
-    Masks are validated against the classes the table defines (see ``lut_num_classes``).
-    """
-    fn = functools.partial(
-        _relabel_one,
-        root=str(root),
-        lut=np.asarray(lut, dtype=np.uint8),
-        out_dir=str(out_dir),
-        num_classes=lut_num_classes(lut),
-    )
-    parallel_map(fn, list(items), workers, desc="base annotations")

@@ -111,10 +111,8 @@ def prepare(params: Params, dataset: str) -> Path:
     if dataset == "pascal":
         train_noval = layout.archive_dir(params) / OFFICIAL_ARCHIVES["sbd_train_noval"].name
         converted = pascal.prepare_pascal(raw / "pascal", train_noval, out, workers=workers)
-        schemes = ["fwb"]  # PASCAL-5i has one split; the scheme name only matters on COCO
     else:
         converted = coco.prepare_coco(raw / "coco", out, workers=workers)
-        schemes = ["fwb", "panet"]
 
     counts = {}
     for mode in LIST_MODES:
@@ -124,7 +122,7 @@ def prepare(params: Params, dataset: str) -> Path:
         save_counts(counts[mode], out / f"counts_{mode}.jsonl")
 
     folds: dict[str, Any] = {}
-    for scheme in schemes:
+    for scheme in layout.schemes(dataset):
         for exclude in (True, False):
             split = layout.split_folder(dataset, scheme, exclude)
             for fold in range(4):

@@ -20,24 +20,16 @@ from hdmnet.data.classes import COCO_CATEGORIES, VOC_CLASSES
 from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import FewShotMeter
 from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
+from hdmnet.fileio import file_digest
+from hdmnet.jobs.checks import ensure_writable, meta_cell, require_identity
+from hdmnet.jobs.distributed import init_distributed, set_threads
+from hdmnet.jobs.inputs import data_hash, dataset_root, fold_folder
+from hdmnet.jobs.models import build_meta_model
+from hdmnet.jobs.provenance import provenance
 from hdmnet.layout import Run
 from hdmnet.model import CheckpointError, load_checkpoint
 from hdmnet.records import METRICS_KIND, write_record
 from hdmnet.tracking import Tracker
-from hdmnet.train.common import (
-    build_meta_model,
-    data_hash,
-    dataset_root,
-    ensure_writable,
-    file_hash,
-    fold_folder,
-    meta_cell,
-    provenance,
-    require_identity,
-    scheme,
-    set_threads,
-)
-from hdmnet.train.distributed import init_distributed
 
 log = logging.getLogger("hdmnet.evaluate")
 
@@ -89,6 +81,17 @@ def summarise(
     return summary
 
 
+def per_seed_rows(outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per test seed: the seed and each output's mIoU and FB-IoU (in %)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for name in OUTPUTS:
+        for entry in outputs[name]["per_seed"]:
+            row = rows.setdefault(entry["seed"], {"seed": entry["seed"]})
+            row[f"{name}_miou"] = entry["miou"]
+            row[f"{name}_fbiou"] = entry["fbiou"]
+    return list(rows.values())
+
+
 def evaluate(
     params: Params,
     run: Run,
@@ -128,7 +131,7 @@ def evaluate(
         loaded = load_checkpoint(path, model, expected=expected)
     except CheckpointError as error:
         raise StageError(str(error)) from None
-    sha256 = file_hash(path)
+    sha256 = file_digest(path)
     if external is None:
         require_identity(
             path, loaded["meta"], identity.meta_learner(params, run), commands.train(run)
@@ -161,11 +164,12 @@ def evaluate(
         "train_seed": run.seed,
         "data_hash": data_hash(fold_dir),
     }
-    with Tracker(variant_params, "evaluate", run.name, tags=tags, rank=info.rank) as tracker:
+    label = run.name if external is None else f"{run.name} external:{external.name}"
+    with Tracker(variant_params, "evaluate", label, tags=tags, rank=info.rank) as tracker:
         result = runner.run(
             params.eval.seeds,
             schedule.test_episodes,
-            base_classes=(run.dataset, run.fold, scheme(params, run.dataset)),
+            base_classes=(run.dataset, run.fold, layout.scheme(params, run.dataset)),
             desc=f"evaluate {run.name}",
         )
         record = _record(variant_params, run, path, sha256, loaded, result, fold_dir, info.device)
@@ -174,16 +178,13 @@ def evaluate(
             record["external"] = {"name": external.name, "path": str(path), "sha256": sha256}
         record["mlflow_run_id"] = tracker.run_id
         write_record(target, record)
+        outputs = record["outputs"]
         for name in OUTPUTS:
-            tracker.log_metrics(
-                {
-                    f"{name}_miou": record["outputs"][name]["miou"],
-                    f"{name}_fbiou": record["outputs"][name]["fbiou"],
-                }
-            )
-            for entry in record["outputs"][name]["per_seed"]:
-                tracker.log_metrics({f"{name}_miou_seed": entry["miou"]}, step=entry["seed"])
-        tracker.log_metrics({"base_class_miou": record["outputs"]["base"]["miou"]})
+            keys = ("miou", "miou_std", "fbiou", "fbiou_std")
+            tracker.log_metrics({f"{name}_{key}": outputs[name][key] for key in keys})
+        tracker.log_metrics({"base_class_miou": outputs["base"]["miou"]})
+        # One row per test seed (a table: a metric's step is no place for a seed number).
+        tracker.log_table("per_seed.json", per_seed_rows(outputs))
         tracker.log_artifact(target)
     log.info(
         "%s: mIoU %.2f (meta %.2f), FB-IoU %.2f over %d seeds x %d episodes in %.1f s",

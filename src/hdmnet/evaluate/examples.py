@@ -19,9 +19,11 @@ from hdmnet.evaluate.evaluator import class_names
 from hdmnet.evaluate.metrics import FewShotMeter, binary_prediction
 from hdmnet.evaluate.protocol import EpisodeRunner
 from hdmnet.evaluate.views import EpisodeView
+from hdmnet.jobs.checks import meta_cell
+from hdmnet.jobs.inputs import dataset_root, fold_folder
+from hdmnet.jobs.models import build_meta_model
 from hdmnet.layout import Run
 from hdmnet.model import load_checkpoint
-from hdmnet.train.common import build_meta_model, dataset_root, fold_folder, meta_cell
 
 
 def episode_views(params: Params, run: Run, count: int) -> list[EpisodeView]:

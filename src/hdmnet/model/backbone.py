@@ -14,6 +14,8 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from hdmnet.model.weights import load_state_into, read_torch_file, strip_prefix
+
 BACKBONES = ("resnet50", "resnet101", "vgg16", "small")
 
 # Per-backbone block counts of layer1..layer4 (ResNet) -- MODEL.md section 1.
@@ -254,19 +256,12 @@ def load_imagenet_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` listing missing, unexpected
     and mis-shaped keys otherwise.
     """
-    from hdmnet.model.checkpoint import load_state_into, read_torch_file
-
     path = Path(path)
     state = read_torch_file(path)
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     mapped = imagenet_to_backbone_keys(state, bool(getattr(backbone, "is_vgg", False)))
     load_state_into(backbone, mapped, source=str(path))
-
-
-def strip_prefix(state: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
-    """Drop a DataParallel/DDP ``module.`` prefix from every key that has it."""
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 def backbone_out_channels(backbone: nn.Module) -> dict[str, int]:
@@ -285,5 +280,4 @@ __all__ = [
     "imagenet_to_backbone_keys",
     "load_imagenet_weights",
     "run_layers",
-    "strip_prefix",
 ]

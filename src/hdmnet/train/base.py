@@ -5,48 +5,34 @@ base-class mIoU of the validation images every epoch; keeps the best and the las
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from hdmnet import identity, layout
 from hdmnet.config import Params
-from hdmnet.data.episodes import BaseDataset, collate
+from hdmnet.data.episodes import BaseDataset
 from hdmnet.data.folds import base_label_map
 from hdmnet.data.lists import load_fold_lists, read_list
 from hdmnet.data.transforms import EvalTransform, TrainTransform
 from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import SemanticMeter, upsample_to_label
+from hdmnet.fileio import file_digest
+from hdmnet.jobs.checks import base_cell, ensure_writable
+from hdmnet.jobs.distributed import (
+    all_reduce_sum,
+)
+from hdmnet.jobs.inputs import data_hash, dataset_root, fold_folder
+from hdmnet.jobs.models import build_base_model
+from hdmnet.jobs.provenance import provenance
 from hdmnet.layout import BaseRun
 from hdmnet.model import CheckpointError, PSPNet, load_checkpoint, save_checkpoint
 from hdmnet.model.optim import build_pspnet_optimizer
 from hdmnet.records import BASE_KIND, write_record
-from hdmnet.tracking import Tracker
-from hdmnet.train.common import (
-    base_cell,
-    build_base_model,
-    data_hash,
-    dataset_root,
-    ensure_writable,
-    file_hash,
-    fold_folder,
-    provenance,
-    scheme,
-    set_threads,
-)
-from hdmnet.train.distributed import (
-    EpochSampler,
-    all_reduce_sum,
-    cleanup,
-    init_distributed,
-    per_process_batch,
-)
-from hdmnet.train.loop import Loop, conclude, fit
-from hdmnet.train.state import seed_everything
+from hdmnet.train import setup
+from hdmnet.train.loop import Loop
 
 log = logging.getLogger("hdmnet.train")
 
@@ -54,16 +40,13 @@ log = logging.getLogger("hdmnet.train")
 def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
     """Train one base learner; returns its training record."""
     dataset, backbone, fold, seed = base.dataset, base.backbone, base.fold, base.seed
-    started = time.perf_counter()
-    set_threads(params)
-    info = init_distributed()
-    seed_everything(seed)
     schedule = getattr(params.base, dataset)
     out = ensure_writable(layout.base_dir(params, base))
+    info, started = setup.begin(params, seed)
     root = dataset_root(params, dataset)
     fold_dir = fold_folder(params, dataset, fold)
     lists = load_fold_lists(fold_dir)
-    lut = base_label_map(dataset, fold, scheme(params, dataset))
+    lut = base_label_map(dataset, fold, layout.scheme(params, dataset))
 
     train_set = BaseDataset(
         root,
@@ -75,15 +58,8 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
     # Validation: every validation image, base classes relabelled, novel ones as background.
     val_items = read_list(root / "lists" / "val.txt")
     val_set = BaseDataset(root, val_items, lut, EvalTransform(schedule.val_size), keep_label=True)
-    batch = per_process_batch(schedule.batch_size, info.world_size)
-    sampler = EpochSampler(len(train_set), seed, True, info.rank, info.world_size)
-    loader = DataLoader(
-        train_set,
-        batch_size=batch,
-        sampler=sampler,
-        num_workers=params.train.workers,
-        collate_fn=collate,
-        drop_last=True,
+    loader, sampler, batch = setup.epoch_loader(
+        train_set, schedule.batch_size, seed, info, params.train.workers
     )
 
     model = build_base_model(params, dataset, backbone, fold).to(info.device)
@@ -94,10 +70,9 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         momentum=schedule.momentum,
         weight_decay=schedule.weight_decay,
     )
-    net = _wrap(model, info)
+    net = setup.across_processes(model, info, sync_bn=True)
     job = identity.base_learner(params, base)
     cell = base_cell(dataset, backbone, fold)
-    checkpoint_meta = {**cell, "train_seed": seed, "identity": job, "config": params.to_dict()}
 
     def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
         logits = net(batch_["image"].to(info.device))
@@ -112,56 +87,55 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
     def validate() -> float:
         return 100 * validation(model).miou()
 
-    tags = {
-        "dataset": dataset,
-        "backbone": backbone,
-        "fold": fold,
-        "train_seed": seed,
-        "data_hash": data_hash(fold_dir),
-        "global_batch": schedule.batch_size,
-        "world_size": info.world_size,
+    loop = Loop(
+        model=net,
+        optimizer=optimizer,
+        loader=loader,
+        sampler=sampler,
+        datasets=[train_set],
+        epochs=schedule.epochs,
+        base_lr=schedule.lr,
+        step=step,
+        validate=validate,
+        state_path=out / "state.pth",
+        identity={**cell, "identity": job},
+        info=info,
+        desc=base.name,
+    )
+    return setup.run(
+        loop,
+        stage="train-base",
+        name=base.name,
+        tracking=params,
+        tags={
+            **_base_fields(base),
+            "data_hash": data_hash(fold_dir),
+            "global_batch": schedule.batch_size,
+        },
+        checkpoint_meta={
+            **cell,
+            "train_seed": seed,
+            "identity": job,
+            "config": params.to_dict(),
+        },
+        fields={
+            "kind": BASE_KIND,
+            "selection": "best_val",
+            "per_process_batch": batch,
+            "config": params.to_dict(),
+        },
+        params=params,
+        started=started,
+    )
+
+
+def _base_fields(base: BaseRun) -> dict[str, Any]:
+    return {
+        "dataset": base.dataset,
+        "backbone": base.backbone,
+        "fold": base.fold,
+        "train_seed": base.seed,
     }
-    run_name = base.name
-    with Tracker(params, "train-base", run_name, tags=tags, rank=info.rank) as tracker:
-        loop = Loop(
-            model=net,
-            optimizer=optimizer,
-            loader=loader,
-            sampler=sampler,
-            datasets=[train_set],
-            epochs=schedule.epochs,
-            base_lr=schedule.lr,
-            step=step,
-            validate=validate,
-            state_path=out / "state.pth",
-            identity={**cell, "identity": job},
-            tracker=tracker,
-            info=info,
-            desc=run_name,
-        )
-        history, best = fit(loop)
-        record = conclude(
-            loop,
-            history,
-            best,
-            checkpoint_meta,
-            {
-                "kind": BASE_KIND,
-                "dataset": dataset,
-                "backbone": backbone,
-                "fold": fold,
-                "train_seed": seed,
-                "selection": "best_val",
-                "global_batch": schedule.batch_size,
-                "per_process_batch": batch,
-                "config": params.to_dict(),
-                "data_hash": tags["data_hash"],
-            },
-            params,
-            started,
-        )
-    cleanup(info)
-    return record
 
 
 def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str, Any]:
@@ -177,7 +151,7 @@ def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str
     except CheckpointError as error:
         raise StageError(str(error)) from None
     job = identity.base_learner(params, base)
-    imported = {"path": str(source.resolve()), "sha256": file_hash(source)}
+    imported = {"path": str(source.resolve()), "sha256": file_digest(source)}
     meta = {**cell, "train_seed": base.seed, "identity": job, "imported": imported}
     meta["config"] = params.to_dict()
     best = save_checkpoint(
@@ -187,16 +161,13 @@ def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str
     (out / "state.pth").unlink(missing_ok=True)
     record = {
         "kind": BASE_KIND,
-        "dataset": base.dataset,
-        "backbone": base.backbone,
-        "fold": base.fold,
-        "train_seed": base.seed,
+        **_base_fields(base),
         "selection": "imported",
         "imported": imported,
         "epochs": [],
         "best_epoch": loaded.get("epoch"),
         "best_val_miou": None,
-        "checkpoints": {"best": {"path": str(best), "sha256": file_hash(best)}},
+        "checkpoints": {"best": {"path": str(best), "sha256": file_digest(best)}},
         "config": params.to_dict(),
         "config_digest": job,
         "seconds": 0.0,
@@ -268,16 +239,6 @@ class BaseValidation:
         meter.union = all_reduce_sum(meter.union, self.info)
         model.train(was_training)
         return meter
-
-
-def _wrap(model: torch.nn.Module, info: Any) -> torch.nn.Module:
-    """DistributedDataParallel across processes (SyncBatchNorm on GPUs), else the model."""
-    if not info.distributed:
-        return model
-    if info.device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 __all__ = ["BaseValidation", "import_base_learner", "train_base"]

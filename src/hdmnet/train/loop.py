@@ -22,13 +22,13 @@ import torch
 
 from hdmnet.config import Params
 from hdmnet.errors import StageError
+from hdmnet.jobs.distributed import DistInfo, EpochSampler, barrier
+from hdmnet.jobs.provenance import checkpoint_hashes, provenance
 from hdmnet.model import save_checkpoint
 from hdmnet.model.optim import set_poly_lr
 from hdmnet.progress import progress
 from hdmnet.records import write_record
 from hdmnet.tracking import Tracker
-from hdmnet.train.common import checkpoint_hashes, provenance
-from hdmnet.train.distributed import DistInfo, EpochSampler, barrier
 from hdmnet.train.state import (
     History,
     Position,
@@ -62,10 +62,10 @@ class Loop:
     validate: Callable[[], float]
     state_path: Path
     identity: dict[str, Any]
-    tracker: Tracker
     info: DistInfo
     desc: str
     val_every: int = 1
+    tracker: Tracker | None = None  # set when the job's MLflow run starts (setup.run)
 
 
 def resume_or_start(loop: Loop) -> Resumed:
@@ -89,6 +89,8 @@ def resume_or_start(loop: Loop) -> Resumed:
 
 def fit(loop: Loop) -> tuple[History, dict[str, torch.Tensor]]:
     """Train the remaining epochs; returns the history and the best epoch's weights."""
+    if loop.tracker is None:
+        raise ValueError(f"{loop.desc}: the loop needs its tracker (train.setup.run sets it)")
     resumed = resume_or_start(loop)
     position, history, best = resumed.position, resumed.history, resumed.best_weights
     steps_per_epoch = len(loop.loader)  # type: ignore[arg-type]

@@ -10,59 +10,39 @@ one is tested.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
-
-import torch
-from torch.utils.data import DataLoader
 
 from hdmnet import commands, identity, layout
 from hdmnet.config import Params
-from hdmnet.data.episodes import EpisodeDataset, collate
+from hdmnet.data.episodes import EpisodeDataset
 from hdmnet.data.transforms import TrainTransform
 from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import FewShotMeter
 from hdmnet.evaluate.protocol import EpisodeRunner
+from hdmnet.fileio import file_digest
+from hdmnet.jobs.checks import base_cell, ensure_writable, meta_cell, require_identity
+from hdmnet.jobs.distributed import (
+    DistInfo,
+    all_reduce_sum,
+)
+from hdmnet.jobs.inputs import data_hash, dataset_root, fold_folder
+from hdmnet.jobs.models import build_meta_model
 from hdmnet.layout import Run
 from hdmnet.model import CheckpointError, load_checkpoint
 from hdmnet.model.optim import build_hdmnet_optimizer
 from hdmnet.records import TRAIN_KIND
-from hdmnet.tracking import Tracker
-from hdmnet.train.common import (
-    base_cell,
-    build_meta_model,
-    data_hash,
-    dataset_root,
-    ensure_writable,
-    file_hash,
-    fold_folder,
-    meta_cell,
-    require_identity,
-    set_threads,
-)
-from hdmnet.train.distributed import (
-    DistInfo,
-    EpochSampler,
-    all_reduce_sum,
-    cleanup,
-    init_distributed,
-    per_process_batch,
-)
-from hdmnet.train.loop import Loop, conclude, fit
-from hdmnet.train.state import seed_everything
+from hdmnet.train import setup
+from hdmnet.train.loop import Loop
 
 log = logging.getLogger("hdmnet.train")
 
 
 def train_meta(params: Params, run: Run) -> dict[str, Any]:
     """Meta-train ``run``; returns its training record."""
-    started = time.perf_counter()
     variant_params = params.for_variant(run.variant)
     schedule = getattr(variant_params.meta, run.dataset)
-    set_threads(params)
-    info = init_distributed()
-    seed_everything(run.seed)
     out = ensure_writable(layout.meta_dir(params, run))
+    info, started = setup.begin(params, run.seed)
     root = dataset_root(params, run.dataset)
     train_dir = fold_folder(variant_params, run.dataset, run.fold)  # the variant's list rule
     val_dir = fold_folder(params, run.dataset, run.fold)
@@ -90,25 +70,12 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         TrainTransform(schedule.image_size, scale=tuple(schedule.scale)),
         seed=run.seed,
     )
-    batch = per_process_batch(schedule.batch_size, info.world_size)
-    sampler = EpochSampler(len(train_set), run.seed, True, info.rank, info.world_size)
-    loader = DataLoader(
-        train_set,
-        batch_size=batch,
-        sampler=sampler,
-        num_workers=params.train.workers,
-        collate_fn=collate,
-        drop_last=True,
+    loader, sampler, batch = setup.epoch_loader(
+        train_set, schedule.batch_size, run.seed, info, params.train.workers
     )
     optimizer = build_hdmnet_optimizer(model, schedule.lr, schedule.weight_decay)
-    net = model
-    if info.distributed:
-        # Without the ensemble, gram_merge and cls_merge take no part in the loss.
-        net = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=not model.ensemble,
-        )
+    # Without the ensemble, gram_merge and cls_merge take no part in the loss.
+    net = setup.across_processes(model, info, find_unused=not model.ensemble)
     runner = EpisodeRunner(
         model,
         root,
@@ -120,7 +87,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         device=info.device,
     )
     job = identity.meta_learner(params, run)
-    base_sha256 = file_hash(base_path)
+    base_sha256 = file_digest(base_path)
     checkpoint_meta = {**meta_cell(run), "identity": job, "config": variant_params.to_dict()}
 
     def step(batch_: dict[str, Any]) -> tuple[float, dict[str, float]]:
@@ -143,67 +110,54 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
     def validate() -> float:
         return validation_miou(runner, run.seed, schedule.val_episodes, info)
 
-    tags = {
-        "dataset": run.dataset,
-        "backbone": run.backbone,
-        "fold": run.fold,
-        "shot": run.shot,
-        "variant": run.variant,
-        "train_seed": run.seed,
-        "data_hash": data_hash(train_dir),
-        "global_batch": schedule.batch_size,
-        "world_size": info.world_size,
-    }
-    with Tracker(variant_params, "train", run.name, tags=tags, rank=info.rank) as tracker:
-        loop = Loop(
-            model=net,
-            optimizer=optimizer,
-            loader=loader,
-            sampler=sampler,
-            datasets=[train_set],
-            epochs=schedule.epochs_for(run.shot),
-            base_lr=schedule.lr,
-            step=step,
-            validate=validate,
-            state_path=out / "state.pth",
-            # The base learner's bytes too: a swapped base file must not be trained on from
-            # a state that began with another.
-            identity={**meta_cell(run), "identity": job, "base_sha256": base_sha256},
-            tracker=tracker,
-            info=info,
-            desc=f"train {run.name}",
-            val_every=schedule.val_every,
-        )
-        history, best = fit(loop)
-        record = conclude(
-            loop,
-            history,
-            best,
-            checkpoint_meta,
-            {
-                "kind": TRAIN_KIND,
-                "dataset": run.dataset,
-                "backbone": run.backbone,
-                "variant": run.variant,
-                "fold": run.fold,
-                "shot": run.shot,
-                "train_seed": run.seed,
-                "selection": params.meta.selection,
-                "global_batch": schedule.batch_size,
-                "per_process_batch": batch,
-                "base_checkpoint": {
-                    "path": str(base_path),
-                    "sha256": base_sha256,
-                    "identity": base_job,
-                },
-                "config": variant_params.to_dict(),
-                "data_hash": tags["data_hash"],
+    loop = Loop(
+        model=net,
+        optimizer=optimizer,
+        loader=loader,
+        sampler=sampler,
+        datasets=[train_set],
+        epochs=schedule.epochs_for(run.shot),
+        base_lr=schedule.lr,
+        step=step,
+        validate=validate,
+        state_path=out / "state.pth",
+        # The base learner's bytes too: a swapped base file must not be trained on from a
+        # state that began with another.
+        identity={**meta_cell(run), "identity": job, "base_sha256": base_sha256},
+        info=info,
+        desc=f"train {run.name}",
+        val_every=schedule.val_every,
+    )
+    return setup.run(
+        loop,
+        stage="train",
+        name=run.name,
+        tracking=variant_params,
+        tags={
+            "dataset": run.dataset,
+            "backbone": run.backbone,
+            "variant": run.variant,
+            "fold": run.fold,
+            "shot": run.shot,
+            "train_seed": run.seed,
+            "data_hash": data_hash(train_dir),
+            "global_batch": schedule.batch_size,
+        },
+        checkpoint_meta=checkpoint_meta,
+        fields={
+            "kind": TRAIN_KIND,
+            "selection": params.meta.selection,
+            "per_process_batch": batch,
+            "base_checkpoint": {
+                "path": str(base_path),
+                "sha256": base_sha256,
+                "identity": base_job,
             },
-            params,
-            started,
-        )
-    cleanup(info)
-    return record
+            "config": variant_params.to_dict(),
+        },
+        params=params,
+        started=started,
+    )
 
 
 def validation_miou(runner: EpisodeRunner, seed: int, episodes: int, info: DistInfo) -> float:

@@ -1,4 +1,5 @@
-"""Multi-process training with torchrun: NCCL on GPUs, gloo on CPU; only rank 0 writes.
+"""A job's processes and devices: torchrun (NCCL on GPUs, gloo on CPU; only rank 0 writes),
+CPU threads, and the per-epoch sampler shared out over processes.
 
 The global batch is stated explicitly: ``per_process_batch = global_batch / world_size`` must be
 an integer, and both are recorded with the results.
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hdmnet.config import ParamsError
+from hdmnet.config import Params, ParamsError
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.order()) - self.skip_items
+
+
+def set_threads(params: Params) -> None:
+    torch.set_num_threads(params.train.threads)

@@ -1,0 +1,36 @@
+"""The prepared data a job reads: its folders (checked to exist, with the command that makes
+them) and the hash that identifies the exact lists a model saw."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hdmnet import layout
+from hdmnet.config import Params
+from hdmnet.errors import StageError
+
+
+def dataset_root(params: Params, dataset: str) -> Path:
+    root = layout.prepared_dir(params, dataset)
+    if not (root / "prepared.json").exists():
+        raise StageError(
+            f"{root / 'prepared.json'} not found: prepare the data first "
+            f"(hdmnet download --dataset {dataset} && hdmnet prepare {dataset})"
+        )
+    return root
+
+
+def fold_folder(params: Params, dataset: str, fold: int) -> Path:
+    folder = layout.fold_dir(params, dataset, fold)
+    if not (folder / "summary.json").exists():
+        raise StageError(f"fold lists {folder} not found: run hdmnet prepare {dataset}")
+    return folder
+
+
+def data_hash(fold_dir: Path) -> str:
+    """Hash of a fold's lists: identifies the exact data a model saw."""
+    digest = hashlib.sha256()
+    for name in ("train.txt", "val.txt"):
+        digest.update((fold_dir / name).read_bytes())
+    return digest.hexdigest()[:16]
