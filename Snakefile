@@ -9,6 +9,12 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# `--config set=KEY=VALUE` (a YAML list for several: set='[a.b=1, c.d=2]') takes the dotted
+# overrides of `hdmnet -s`, applied after params.yaml and the --configfile files; Snakemake's own
+# --config accepts no dotted keys.
+OVERRIDES = config.pop("set", [])
+
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
 

@@ -66,3 +66,30 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
         monkeypatch.setitem(cli.COMMANDS, "config", fails_with(bug))
         with pytest.raises(type(bug)):
             cli.main(["config"])
+
+
+def test_demo_takes_files_and_key_value_overrides_like_every_stage(tmp_path, monkeypatch):
+    """hdmnet demo -s KEY=VALUE reaches Snakemake as a config file layered after --params."""
+    import yaml
+
+    from hdmnet import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "extra.yaml").write_text("meta:\n  pascal:\n    lr: 0.002\n")
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, "Nothing to be done", ""
+
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Done)
+    code = cli.main(["demo", "--params", "extra.yaml", "-s", "meta.pascal.epochs=6"])
+    assert code == 0
+    command = calls[0]
+    files = [command[i + 1] for i, arg in enumerate(command) if arg == "--configfile"]
+    assert files[0] == "extra.yaml"
+    assert yaml.safe_load(Path(files[1]).read_text()) == {"meta": {"pascal": {"epochs": 6}}}
+    # A bad key is refused before Snakemake starts.
+    calls.clear()
+    assert cli.main(["demo", "-s", "meta.pascal.epochz=6"]) == 2
+    assert calls == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_typed_dataclasses_match_the_schema():
 
     def walk(cls, node):
         node = config._resolve(node)
-        names = {f.name for f in dataclasses.fields(cls) if f.name != "raw"}
+        names = {f.name for f in dataclasses.fields(cls) if f.name not in ("raw", "origin")}
         assert names == set(node["properties"]), cls.__name__
         hints = __import__("typing").get_type_hints(cls)
         for name in names:
@@ -229,3 +230,38 @@ def test_non_finite_numbers_are_refused(tmp_path, value):
         load_params(path)
     with pytest.raises(ParamsError, match=r"meta\.pascal\.lr: nan is not a finite number"):
         load_params(ROOT / "params.yaml", ["meta.pascal.lr=.nan"])
+
+
+# --- one override model (issue 12) --------------------------------------------------------------
+
+
+def test_a_partial_file_layers_over_params_yaml_not_over_the_papers_defaults(tmp_path, monkeypatch):
+    from hdmnet.config import resolve_params
+
+    override = tmp_path / "override.yaml"
+    override.write_text("meta:\n  pascal:\n    epochs: 6\n")
+    monkeypatch.chdir(ROOT)
+    params = resolve_params([override], ["grid.folds=[0, 1]"])
+    default = load_params(ROOT / "params.yaml")
+    assert params.meta.pascal.epochs == 6 and params.grid.folds == [0, 1]
+    # Everything else is the default preset's (129 px), not the schema's (the paper's 473 px).
+    assert params.meta.pascal.image_size == default.meta.pascal.image_size == 129
+    assert params.base.pascal.epochs == default.base.pascal.epochs
+    assert params.origin == ("--params", str(override), "-s", "grid.folds=[0, 1]")
+    # Files apply in order, key=value pairs last.
+    later = tmp_path / "later.yaml"
+    later.write_text("meta:\n  pascal:\n    epochs: 7\n")
+    assert resolve_params([override, later]).meta.pascal.epochs == 7
+    assert resolve_params([override, later], ["meta.pascal.epochs=8"]).meta.pascal.epochs == 8
+
+
+def test_without_params_yaml_a_partial_file_is_refused(tmp_path, monkeypatch):
+    from hdmnet.config import resolve_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "override.yaml").write_text("meta:\n  pascal:\n    epochs: 6\n")
+    with pytest.raises(ParamsError, match=r"override\.yaml: not a complete parameter file"):
+        resolve_params([Path("override.yaml")])
+    # A complete preset needs no base.
+    shutil.copy(ROOT / "presets" / "paper.yaml", tmp_path / "paper.yaml")
+    assert resolve_params([Path("paper.yaml")]).preset == "paper"

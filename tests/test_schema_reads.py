@@ -17,17 +17,6 @@ from hdmnet.identity import STAGE_KEYS
 SRC = Path(__file__).resolve().parents[1] / "src" / "hdmnet"
 
 
-def leaf_keys(node: dict, prefix: str = "") -> list[str]:
-    node = config._resolve(node)
-    props = node.get("properties")
-    if not props or node.get("type") != "object":
-        return [prefix]
-    keys = []
-    for name, sub in props.items():
-        keys += leaf_keys(sub, f"{prefix}.{name}" if prefix else name)
-    return keys
-
-
 def test_every_schema_key_is_read_by_the_code():
     code = "\n".join(path.read_text() for path in SRC.rglob("*.py"))
     tracked = {
@@ -37,7 +26,7 @@ def test_every_schema_key_is_read_by_the_code():
         for dataset in config.DATASETS
     }
     unread = []
-    for key in leaf_keys(config.schema()):
+    for key in config.leaf_keys(config.schema()):
         parts = key.split(".")
         if any(key == t or key.startswith(t + ".") for t in tracked):
             continue

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hdmnet import __version__
-from hdmnet.config import BACKBONES, DATASETS, Params, ParamsError, load_params
+from hdmnet.config import BACKBONES, DATASETS, Params, resolve_params
 from hdmnet.errors import HdmnetError, StageError
 from hdmnet.layout import BaseRun, Run
 
@@ -24,8 +24,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params",
         type=Path,
-        default=Path("params.yaml"),
-        help="parameter file (default: params.yaml; the full reproduction: presets/paper.yaml)",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="parameter file merged over params.yaml (repeatable, in order; the full "
+        "reproduction: presets/paper.yaml)",
     )
     parser.add_argument(
         "-s",
@@ -34,7 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one parameter, e.g. -s meta.pascal.epochs=3 (repeatable)",
+        help="override one parameter after the files, e.g. -s meta.pascal.epochs=6 (repeatable; "
+        "values are YAML: -s 'grid.folds=[0,1]')",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    params = load_params(args.params, args.overrides).for_variant(args.variant)
+    params = resolve_params(args.params, args.overrides).for_variant(args.variant)
     sys.stdout.write(yaml.safe_dump(params.to_dict(), sort_keys=False))
     return 0
 
@@ -149,7 +153,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from hdmnet import layout
     from hdmnet.data.synth import generate, synth_config
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     out = args.out or layout.synth_dir(params)
     generate(out, synth_config(params.synth))
     print(f"Embedded data sets written to {out} (manifest: {out / 'manifest.json'})")
@@ -159,7 +163,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     from hdmnet.data import stages
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     for dataset in args.dataset or params.grid.datasets:
         marker = stages.download(params, dataset)
         print(f"{dataset}: archives verified and extracted ({marker})")
@@ -169,7 +173,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from hdmnet.data import stages
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     marker = stages.prepare(params, args.dataset)
     print(f"{args.dataset}: prepared ({marker})")
     return 0
@@ -192,7 +196,7 @@ def _launch(args: argparse.Namespace, job: Callable[[Params], object]) -> int:
     """Run a training job on its devices: in this process, or in ``nproc`` torchrun workers."""
     from hdmnet import launch
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     nproc = args.nproc or max(1, params.train.gpus)
     if launch.under_torchrun():
         job(params)
@@ -226,7 +230,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "record and table rows are called (e.g. --name official)"
         )
     external = External(args.name, args.checkpoint) if args.checkpoint else None
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     run = _run_of(args, params)
     if external is not None:
         if args.seed is not None:
@@ -245,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_import_base(args: argparse.Namespace) -> int:
     from hdmnet.train.base import import_base_learner
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     record = import_base_learner(params, _base_of(args, params), args.checkpoint)
     print(
         f"{args.checkpoint} installed as {record['checkpoints']['best']['path']} "
@@ -257,7 +261,7 @@ def _cmd_import_base(args: argparse.Namespace) -> int:
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     from hdmnet.report.build import aggregate, render_main_markdown
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     written = aggregate(params)
     print(render_main_markdown(params))
     print(f"Tables written: {', '.join(str(p) for p in written)}")
@@ -268,7 +272,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from hdmnet.evaluate.examples import episode_views
     from hdmnet.report.build import build_report
 
-    params = load_params(args.params, args.overrides)
+    params = resolve_params(args.params, args.overrides)
     path = build_report(params, lambda run, n: episode_views(params, run, n))
     print(f"Report: {path.resolve()}")
     return 0
@@ -278,13 +282,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hdmnet import layout
     from hdmnet.pipeline import run_workflow
 
-    if args.overrides:
-        raise ParamsError("demo runs the workflow on a parameter file: edit it or use --params")
-    code = run_workflow(args.params, args.cores, args.profile)
+    params = resolve_params(args.params, args.overrides)  # validated before Snakemake starts
+    code = run_workflow(args.params, args.overrides, args.cores, args.profile)
     if code != 0:
         print(f"hdmnet demo: the workflow failed (exit {code}); see logs/", file=sys.stderr)
         return code
-    params = load_params(args.params)
     table = layout.tables_dir(params) / "main.md"
     if table.exists():
         print(table.read_text())

@@ -1,18 +1,26 @@
 """The CLI command that makes each artefact, as error messages and records suggest it.
 
-One place, so that a suggestion always matches what the CLI and the workflow run.
+One place, so that a suggestion always matches what the CLI and the workflow run, with the
+parameter files and overrides the current command was given (``Params.origin``): pasting it
+runs with the same parameters.
 """
 
 from __future__ import annotations
 
+import shlex
+
+from hdmnet.config import Params
 from hdmnet.layout import BaseRun, Run
 
 
-def train_base(base: BaseRun) -> str:
-    return (
-        f"hdmnet train-base --dataset {base.dataset} --backbone {base.backbone} "
-        f"--fold {base.fold} --seed {base.seed}"
-    )
+def _command(stage: str, params: Params, cell: str) -> str:
+    origin = " ".join(shlex.quote(arg) for arg in params.origin)
+    return " ".join(part for part in (f"hdmnet {stage}", origin, cell) if part)
+
+
+def train_base(base: BaseRun, params: Params) -> str:
+    cell = f"--dataset {base.dataset} --backbone {base.backbone} --fold {base.fold}"
+    return _command("train-base", params, f"{cell} --seed {base.seed}")
 
 
 def _cell(run: Run) -> str:
@@ -23,9 +31,9 @@ def _cell(run: Run) -> str:
     )
 
 
-def train(run: Run) -> str:
-    return f"hdmnet train {_cell(run)}"
+def train(run: Run, params: Params) -> str:
+    return _command("train", params, _cell(run))
 
 
-def evaluate(run: Run) -> str:
-    return f"hdmnet evaluate {_cell(run)}"
+def evaluate(run: Run, params: Params) -> str:
+    return _command("evaluate", params, _cell(run))

@@ -16,7 +16,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -197,6 +197,9 @@ class Params:
     train: Train
     eval: Eval
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    # The CLI arguments that give these parameters (--params FILE, -s KEY=VALUE), for the
+    # commands that messages suggest.
+    origin: tuple[str, ...] = field(repr=False, compare=False, default=())
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved parameters as plain data (what tracking logs and records store)."""
@@ -243,22 +246,110 @@ BACKBONES: tuple[str, ...] = tuple(schema()["definitions"]["backbone"]["enum"])
 def load_params(
     path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()
 ) -> Params:
-    """Read a params file (None: defaults only), apply ``key=value`` overrides and validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ParamsError(f"{path}: parameter file not found (run from the project root?)")
-        try:
-            raw = yaml.safe_load(path.read_text("utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ParamsError(f"{path}: not valid YAML: {error}") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ParamsError(f"{path}: cannot read the parameter file ({error})") from None
-        if not isinstance(raw, dict):
-            raise ParamsError(f"{path}: the top level must be a mapping of keys to values")
+    """Read one params file (None: defaults only), apply ``key=value`` overrides and validate.
+    Keys the file leaves out take the schema's defaults; see :func:`resolve_params` for the
+    layering the CLI does."""
+    raw = {} if path is None else read_params_file(Path(path))
     parsed = dict(parse_override(item) for item in overrides)
     return from_mapping(_apply(raw, parsed, source="override"), source=str(path or "defaults"))
+
+
+def resolve_params(
+    files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    base: Path = DEFAULT_PARAMS_FILE,
+) -> Params:
+    """The one override model (the CLI, ``hdmnet demo``, Snakemake's ``--configfile`` and
+    ``--config set=...``): ``base`` (params.yaml, or a preset), each file merged over it in
+    order, then ``key=value`` overrides with dotted keys and YAML-typed values.
+
+    Without a base file the files must spell out every key: a partial file never silently
+    takes the schema's defaults (the paper's schedules) for the rest.
+    """
+    layers = [base, *map(Path, files)] if base.exists() else [Path(f) for f in files]
+    if not layers:
+        raise ParamsError(f"{base}: parameter file not found (run from the project root?)")
+    raw: dict[str, Any] = {}
+    for path in layers:
+        raw = merge_params(raw, read_params_file(path))
+    if not base.exists():
+        missing = [key for key in leaf_keys(schema()) if _lookup_missing(raw, key)]
+        if missing:
+            shown = ", ".join(missing[:8]) + (
+                f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            )
+            raise ParamsError(
+                f"{', '.join(map(str, files))}: not a complete parameter file (lacks {shown}) and "
+                f"there is no {base} to layer it over: run from the project root, or spell out "
+                "every key (presets/paper.yaml is complete)"
+            )
+    parsed = dict(parse_override(item) for item in overrides)
+    params = from_mapping(_apply(raw, parsed, source="override"), source=str(layers[-1]))
+    origin = [arg for f in files for arg in ("--params", str(f))]
+    origin += [arg for item in overrides for arg in ("-s", item)]
+    object.__setattr__(params, "origin", tuple(origin))
+    return params
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ParamsError(f"{path}: parameter file not found (run from the project root?)")
+    try:
+        raw = yaml.safe_load(path.read_text("utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path}: cannot read the parameter file ({error})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of keys to values")
+    return raw
+
+
+def merge_params(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, mappings merged key by key (as Snakemake merges config files);
+    other values, lists included, replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_params(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def leaf_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of every setting the schema defines (free-form mappings count as one)."""
+    node = _resolve(node)
+    props = node.get("properties")
+    if not props or node.get("type") != "object":
+        return [prefix]
+    keys: list[str] = []
+    for name, sub in props.items():
+        keys += leaf_keys(sub, f"{prefix}.{name}" if prefix else name)
+    return keys
+
+
+def _lookup_missing(raw: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return True
+        node = node[part]
+    return False
+
+
+def overrides_mapping(overrides: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` overrides as the nested mapping a parameter file would hold."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _check_known_key(key, "override")
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -445,7 +536,7 @@ def _build(cls: Any, value: Any) -> Any:
     """Build nested frozen dataclasses from validated data, guided by the type hints."""
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.init and f.name != "raw"]
+        fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ("raw", "origin")]
         return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in fields})
     origin = typing.get_origin(cls)
     if origin is list:

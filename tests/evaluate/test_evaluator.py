@@ -122,7 +122,7 @@ def test_a_missing_meta_checkpoint_names_the_training_stage(trained, tmp_path, c
     err = capsys.readouterr().err
     missing = layout.meta_dir(params, Run("pascal", "small", "stages_1", 0, 1, 321))
     assert str(missing / "best.pth") in err and "not found" in err
-    assert (
-        "hdmnet train --dataset pascal --backbone small --fold 0 --shot 1 --variant stages_1" in err
-    )
+    # The suggested command keeps the parameter file: pasted, it runs with these parameters.
+    cell = "--dataset pascal --backbone small --fold 0 --shot 1 --variant stages_1 --seed 321"
+    assert f"hdmnet train --params {params_file} {cell}" in err
     assert not (tmp_path / "metrics").exists()

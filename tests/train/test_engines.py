@@ -213,7 +213,8 @@ def test_meta_training_names_the_missing_base_learner_stage(trained, tmp_path, c
     assert main(["train", "--params", str(params_file), *grid]) == 2
     err = capsys.readouterr().err
     assert "base learner" in err and "not found" in err
-    assert "hdmnet train-base --dataset pascal --backbone small --fold 2" in err
+    cell = "--dataset pascal --backbone small --fold 2 --seed 321"
+    assert f"hdmnet train-base --params {params_file} {cell}" in err
 
 
 def test_meta_training_refuses_a_base_learner_of_another_fold(trained, tmp_path, capsys):

@@ -329,3 +329,18 @@ def test_evaluation_change_reevaluates_without_training(reruns):
 def test_settings_that_change_no_result_rerun_nothing(reruns):
     # Also shows that the touched tree is complete and up to date.
     assert reruns["no_result"] == []
+
+
+def test_config_set_takes_the_dotted_overrides_of_the_cli(background, reruns):
+    """Snakemake's --config accepts no dotted keys; --config set=KEY=VALUE (or a YAML list)
+    applies them like `hdmnet -s`, and a bad key names itself."""
+    tree = background["tree"].result()[0]
+    one = dry_run(tree, *TRIGGERS, "--config", "set=meta.pascal.lr=0.00097")
+    assert rules(one) == rules(reruns["meta"])  # the same as editing params.yaml
+    two = dry_run(tree, *TRIGGERS, "--config", 'set=[meta.pascal.lr=0.00097, "eval.seeds=[1]"]')
+    assert {j.rule for j in two} == {"train", "evaluate", "aggregate", "report"}
+    command = [sys.executable, "-m", "snakemake", "-n", "--cores", "1"]
+    done = subprocess.run(
+        [*command, "--config", "set=meta.pascal.epochz=3"], cwd=tree, capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "unknown key 'meta.pascal.epochz'" in done.stdout + done.stderr

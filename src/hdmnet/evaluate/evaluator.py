@@ -123,7 +123,9 @@ def evaluate(
     info = init_distributed()
     model = build_meta_model(variant_params, run).to(info.device)
     if not path.exists():
-        raise StageError(f"checkpoint {path} not found: train it first ({commands.train(run)})")
+        raise StageError(
+            f"checkpoint {path} not found: train it first ({commands.train(run, params)})"
+        )
     expected = meta_cell(run)
     if external is not None:
         expected.pop("variant")  # an official or external checkpoint names no variant
@@ -134,7 +136,7 @@ def evaluate(
     sha256 = file_digest(path)
     if external is None:
         require_identity(
-            path, loaded["meta"], identity.meta_learner(params, run), commands.train(run)
+            path, loaded["meta"], identity.meta_learner(params, run), commands.train(run, params)
         )
         job = identity.evaluation(params, run)
     else:

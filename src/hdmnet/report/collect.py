@@ -57,12 +57,14 @@ def load_metrics(params: Params, runs: list[Run] | None = None) -> dict[Run, Met
     for run in runs:
         path = layout.metrics_file(params, run)
         if not path.exists():
-            missing.append(f"{path} (made by: {commands.evaluate(run)})")
+            missing.append(f"{path} (made by: {commands.evaluate(run, params)})")
             continue
         record = read_metrics(path)
         _check_place(path, record, run)
         if record.get("config_digest") != identity.evaluation(params, run):
-            stale.append(f"{path} (remade by: {commands.evaluate(run)}, after its training)")
+            stale.append(
+                f"{path} (remade by: {commands.evaluate(run, params)}, after its training)"
+            )
         found[run] = Metrics(run, path, record)
     if missing:
         raise RecordError(f"{len(missing)} metrics record(s) missing:\n  {_listing(missing)}")

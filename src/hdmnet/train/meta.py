@@ -51,7 +51,8 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
     base_path = layout.base_checkpoint(params, run.base)
     if not base_path.exists():
         raise StageError(
-            f"base learner {base_path} not found: train it first ({commands.train_base(run.base)})"
+            f"base learner {base_path} not found: train it first "
+            f"({commands.train_base(run.base, params)})"
         )
     base_job = identity.base_learner(params, run.base)
     try:
@@ -60,7 +61,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         )
     except CheckpointError as error:
         raise StageError(str(error)) from None
-    require_identity(base_path, loaded["meta"], base_job, commands.train_base(run.base))
+    require_identity(base_path, loaded["meta"], base_job, commands.train_base(run.base, params))
 
     train_set = EpisodeDataset(
         root,
