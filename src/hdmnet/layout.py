@@ -40,6 +40,11 @@ class BaseRun:
     def name(self) -> str:
         return f"base-{self.dataset}-{self.backbone}-fold{self.fold}-seed{self.seed}"
 
+    def fields(self) -> dict[str, str | int]:
+        """The coordinates as records and tracking tags name them."""
+        cell = {"dataset": self.dataset, "backbone": self.backbone, "fold": self.fold}
+        return {**cell, "train_seed": self.seed}
+
 
 @dataclass(frozen=True)
 class Run:
@@ -58,6 +63,11 @@ class Run:
         seed = "" if self.seed is None else f"-seed{self.seed}"
         cell = f"{self.dataset}-{self.backbone}-{self.variant}-fold{self.fold}-shot{self.shot}"
         return cell + seed
+
+    def fields(self) -> dict[str, str | int | None]:
+        """The coordinates as records and tracking tags name them."""
+        cell = {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant}
+        return {**cell, "fold": self.fold, "shot": self.shot, "train_seed": self.seed}
 
     @property
     def base(self) -> BaseRun:

@@ -108,7 +108,7 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         name=base.name,
         tracking=params,
         tags={
-            **_base_fields(base),
+            **base.fields(),
             "data_hash": data_hash(fold_dir),
             "global_batch": schedule.batch_size,
         },
@@ -127,15 +127,6 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         params=params,
         started=started,
     )
-
-
-def _base_fields(base: BaseRun) -> dict[str, Any]:
-    return {
-        "dataset": base.dataset,
-        "backbone": base.backbone,
-        "fold": base.fold,
-        "train_seed": base.seed,
-    }
 
 
 def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str, Any]:
@@ -161,7 +152,7 @@ def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str
     (out / "state.pth").unlink(missing_ok=True)
     record = {
         "kind": BASE_KIND,
-        **_base_fields(base),
+        **base.fields(),
         "selection": "imported",
         "imported": imported,
         "epochs": [],

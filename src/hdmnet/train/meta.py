@@ -135,12 +135,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         name=run.name,
         tracking=variant_params,
         tags={
-            "dataset": run.dataset,
-            "backbone": run.backbone,
-            "variant": run.variant,
-            "fold": run.fold,
-            "shot": run.shot,
-            "train_seed": run.seed,
+            **run.fields(),
             "data_hash": data_hash(train_dir),
             "global_batch": schedule.batch_size,
         },
