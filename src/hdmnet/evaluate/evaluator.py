@@ -225,12 +225,7 @@ def _record(
     meta = loaded.get("meta", {})
     return {
         "kind": METRICS_KIND,
-        "dataset": run.dataset,
-        "backbone": run.backbone,
-        "variant": run.variant,
-        "fold": run.fold,
-        "shot": run.shot,
-        "train_seed": run.seed,
+        **run.fields(),
         "split": layout.split_name(params, run.dataset),
         "miou": outputs["final"]["miou"],
         "fbiou": outputs["final"]["fbiou"],
