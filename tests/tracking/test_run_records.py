@@ -1,12 +1,15 @@
 """What train-base, train and evaluate leave in the MLflow store (SQLite in the session's temp
-dir): one run each under the pipeline's parent run, with parameters, per-iteration and per-epoch
-metrics, final metrics and the provenance tags; the records name their runs."""
+dir): one run each under the pipeline's parent run, named by stage and job, with parameters,
+per-iteration and per-epoch metrics, final metrics, the per-seed table and the provenance tags;
+the records name their runs."""
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from tests.train.test_engines import (
@@ -18,7 +21,7 @@ from tests.train.test_engines import (
 )
 
 from hdmnet import layout
-from hdmnet.tracking import tracking_uri
+from hdmnet.tracking import Store, tracking_uri
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,9 @@ def test_the_pipeline_has_a_parent_run_and_three_named_children(trained, runs):
     assert parent.data.tags["stage"] == "pipeline"
     names = {stage: run.info.run_name for stage, run in by_stage.items()}
     assert names == {
-        "train-base": "base-pascal-small-fold0-seed321",
-        "train": RUN.name,
-        "evaluate": RUN.name,
+        "train-base": "train-base pascal-small-fold0-seed321",
+        "train": "train pascal-small-full-fold0-shot1-seed321",
+        "evaluate": "evaluate pascal-small-full-fold0-shot1-seed321",
     }
     assert all(run.info.status == "FINISHED" for run in by_stage.values())
     # Every record names its run.
@@ -118,26 +121,50 @@ def test_training_runs_log_every_iteration_and_every_epoch(trained, runs, stage)
     if stage == "train":
         parts = [k for k in run.data.metrics if k.startswith("loss_")]
         assert parts and all(len(client.get_metric_history(run_id, k)) == iterations for k in parts)
-    artifacts = [a.path for a in client.list_artifacts(run_id)]
-    assert artifacts == ["record.json"]
+    # Checkpoints are uploaded only with tracking.upload_checkpoints (off here).
+    assert artifacts(trained, run) == ["record.json"]
 
 
-def test_the_evaluation_run_logs_final_and_per_seed_metrics(trained, runs):
-    client, by_stage = runs
+def test_the_evaluation_run_logs_final_metrics_and_a_per_seed_table(trained, runs):
+    _, by_stage = runs
     run = by_stage["evaluate"]
     record = trained.metrics
     metrics = run.data.metrics
     for name in ("final", "meta"):
-        assert metrics[f"{name}_miou"] == pytest.approx(record["outputs"][name]["miou"])
-        assert metrics[f"{name}_fbiou"] == pytest.approx(record["outputs"][name]["fbiou"])
-        history = client.get_metric_history(run.info.run_id, f"{name}_miou_seed")
-        assert {m.step: m.value for m in history} == pytest.approx(
-            {s["seed"]: s["miou"] for s in record["outputs"][name]["per_seed"]}
-        )
+        for key in ("miou", "miou_std", "fbiou", "fbiou_std"):
+            assert metrics[f"{name}_{key}"] == pytest.approx(record["outputs"][name][key])
     assert metrics["final_miou"] == pytest.approx(record["miou"])
     assert metrics["base_class_miou"] == pytest.approx(record["outputs"]["base"]["miou"])
-    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-    assert artifacts == [layout.metrics_file(trained.params, RUN).name]
+    # Per-seed values are a table, not a metric whose steps are seed numbers.
+    assert not [key for key in metrics if "seed" in key]
+    assert artifacts(trained, run) == sorted(
+        ["per_seed.json", layout.metrics_file(trained.params, RUN).name]
+    )
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "per_seed.json", "type": "table"}
+    ]
+    table = json.loads((artifact_dir(trained, run) / "per_seed.json").read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    final, meta = (record["outputs"][name]["per_seed"] for name in ("final", "meta"))
+    expected = [
+        {"seed": f["seed"], "final_miou": f["miou"], "final_fbiou": f["fbiou"]}
+        | {"meta_miou": m["miou"], "meta_fbiou": m["fbiou"]}
+        for f, m in zip(final, meta, strict=True)
+    ]
+    assert [r["seed"] for r in rows] == record["seeds"] == [510, 365]
+    assert rows == [pytest.approx(e) for e in expected]
+
+
+def artifact_dir(trained, run) -> Path:
+    """Where the run's artifacts are: beside the SQLite store, at its relative location."""
+    folder = Store(trained.params.tracking.uri).local_artifact_dir(run.info.artifact_uri)
+    assert folder is not None, run.info.artifact_uri
+    return folder
+
+
+def artifacts(trained, run) -> list[str]:
+    folder = artifact_dir(trained, run)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def _object_type(sha: str) -> str:
