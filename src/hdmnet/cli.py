@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("aggregate", "render the paper-style tables from the metrics records")
     add("report", "write figures and the self-contained HTML ablation report")
+    add(
+        "check",
+        "before long work: ImageNet weights, disk space, GPUs, archives or mirror and writable "
+        "folders for these parameters, one line per problem with what to do (exit 1 on any)",
+    )
     cmd = add("demo", "the main job: the whole default pipeline, ending in tables and report")
     cmd.add_argument("--cores", type=int, default=2, help="parallel jobs (default: 2)")
     cmd.add_argument(
@@ -295,6 +300,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from hdmnet.preflight import ERROR, OK, run_checks
+
+    params = resolve_params(args.params, args.overrides)
+    findings = run_checks(params)
+    for finding in findings:
+        print(finding, file=sys.stdout if finding.level == OK else sys.stderr)
+    errors = [f for f in findings if f.level == ERROR]
+    if errors:
+        print(f"hdmnet check: {len(errors)} problem(s) to fix first", file=sys.stderr)
+        return 1
+    print(f"hdmnet check: ready ({len(findings)} checks, no problem)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": _cmd_config,
     "synth": _cmd_synth,
@@ -307,6 +327,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "import-base": _cmd_import_base,
     "aggregate": _cmd_aggregate,
     "report": _cmd_report,
+    "check": _cmd_check,
 }
 
 
