@@ -1,38 +1,37 @@
-"""Benchmark: the episodic test protocol with feature reuse vs. without, side by side.
+"""Benchmark: the evaluation protocol planned (ours) against the straightforward order.
 
-The same 10-seed evaluation (``hdmnet evaluate``'s code, default ``params.yaml`` settings) runs
-twice on the embedded PASCAL data: with the feature cache (``eval.cache_mb``, the default) and
-with ``cache_mb=0``, where every episode encodes its query and supports afresh (the
-straightforward method). It checks the two metrics records agree exactly, prints both times
-and the ratio, and exits 1 if the ratio is below ``--target``.
+    python benchmarks/evaluate.py                                     # demo preset (small)
+    python benchmarks/evaluate.py --scale 5 --backbone resnet50 --episodes 1000 \\
+        --cache-mb 4096 --shot 1                                      # the paper protocol
 
-Without ``--data`` the embedded data set is generated, downloaded and prepared into a temp
-dir; without ``--checkpoint`` a base and a meta learner are trained quickly there (1 epoch
-each, small crops: the timing does not depend on how good the model is).
+Data: the embedded PASCAL data set generated at ``--scale`` (``synth.scale``; 5 gives a fold-0
+test list about the size of the real one, 346 query images) and prepared in a temp folder, or
+``--data`` (a prepared ``paths.data``). Model: ``--checkpoint``; else, for the small backbone, a
+base and a meta learner trained quickly (1 epoch each, small crops); else random weights
+(ResNet-50: the passes and the time do not depend on the weights).
 
-    PYTHONPATH=src python benchmarks/evaluate.py [--data data] [--checkpoint best.pth]
-        [--fold 0 --shot 1] [--reps 1] [--profile] [--target 3] [-s key=value ...]
+In one process (``--threads``, default 2):
 
-Measured (2-core CPU, 1 thread, quiet machine; default preset: small backbone, 129 px, 10 seeds
-x 100 episodes, fold 0, 1 shot): one episode at a time without reuse (the straightforward
-protocol, as the official test loop) 35-38 ms/episode; batched without reuse 25-26 ms; batched
-with reuse (ours) 10-11 ms: 3.2-3.8x against the straightforward protocol, 2.4-2.7x from reuse
-alone; 106 encodings instead of 2000; metrics identical. The cached run is bound by the meta
-learner's decoding (about 9 ms/episode, two thirds of it the transformer), which reuse cannot
-remove: with the small backbone at 129 px an encoding costs only 5-12 ms. With ResNet-50 at
-473 px an encoding costs about 4.2 s against 1.1 s of decoding per episode, so reuse alone
-would give about 9x there (timed on single batches, not with this script).
+1. planned: ``--seeds`` x ``--episodes`` episodes as ``hdmnet evaluate`` runs them
+   (``eval.cache_mb`` = ``--cache-mb``, batches of 16): wall time, time per 1000 episodes,
+   backbone passes per episode, peak bytes kept, prior-map reuse, encode/decode seconds;
+2. straightforward (``cache_mb=0``: every episode encodes its images afresh) on the first
+   ``--straight-episodes`` episodes of the first seed: its time per 1000 episodes is
+   EXTRAPOLATED from those (said so in the output);
+3. identity: planned and straightforward on ``--check-seeds`` x ``--check-episodes`` episodes:
+   the integer counts of every meter must be identical (exit status 1 otherwise);
+4. one episode at a time (straightforward, batch 1) on the same episodes: mIoU within 0.05
+   (exit status 1 otherwise).
+
+Figures measured with it are in README.md ("Tests and benchmarks").
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
 import logging
 import os
-import pstats
 import shutil
 import sys
 import tempfile
@@ -40,16 +39,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import torch
+import yaml
 
 from hdmnet import layout
 from hdmnet.config import Params, load_params
-from hdmnet.layout import Run
+from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
+from hdmnet.model import HDMNet, build_hdmnet, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-NUMBERS = ("miou", "fbiou", "outputs", "classes", "seeds", "episodes_per_seed")
 QUICK_TRAINING = [
     "base.pascal.epochs=1",
     "base.pascal.crop=65",
@@ -58,51 +56,128 @@ QUICK_TRAINING = [
     "meta.pascal.image_size=97",
     "meta.pascal.val_episodes=20",
 ]
+NUM_BASE = {"pascal": 15, "coco": 60}
+
+
+# -- data and model ---------------------------------------------------------------------------
 
 
 def prepare_data(params: Params) -> None:
     from hdmnet.data import stages
     from hdmnet.data.synth import generate, synth_config
 
-    print(f"generating and preparing the embedded PASCAL data in {layout.data_dir(params)} ...")
+    print(
+        f"generating (synth.scale {params.synth.scale}) and preparing the embedded PASCAL data "
+        f"in {layout.data_dir(params)} ...",
+        flush=True,
+    )
     generate(layout.synth_dir(params), synth_config(params.synth))
     stages.download(params, "pascal")
     stages.prepare(params, "pascal")
 
 
-def quick_checkpoint(params: Params, run: Run) -> Path:
-    from hdmnet.train.base import train_base
-    from hdmnet.train.meta import train_meta
+def quick_checkpoint(params: Params, work: Path, fold: int, shot: int) -> Path:
+    """Train a base and a meta learner quickly through the CLI; the meta checkpoint's path."""
+    from hdmnet.cli import main
 
-    quick = params.with_overrides(QUICK_TRAINING)
-    print("training a quick base and meta learner (1 epoch each) ...")
-    train_base(quick, run.base)
-    record = train_meta(quick, run)
-    return Path(record["checkpoints"]["best"]["path"])
+    quick = params.with_overrides([*QUICK_TRAINING, f"paths.results={work / 'quick'}"])
+    params_file = work / "quick-params.yaml"
+    params_file.write_text(yaml.safe_dump(quick.to_dict(), sort_keys=False))
+    grid = ["--params", str(params_file), "--dataset", "pascal", "--backbone", "small"]
+    grid += ["--fold", str(fold)]
+    print("training a quick base and meta learner (1 epoch each) ...", flush=True)
+    if main(["train-base", *grid]) != 0 or main(["train", *grid, "--shot", str(shot)]) != 0:
+        raise SystemExit("quick training failed")
+    for path in sorted((work / "quick").rglob("best.pth")):
+        if load_checkpoint(path)["meta"].get("kind") == "hdmnet":
+            return path
+    raise SystemExit(f"no meta-learner checkpoint under {work / 'quick'}")
 
 
-def evaluate_once(
-    params: Params, run: Run, checkpoint: Path, mode: tuple[int, int], profile: bool
-) -> tuple[dict[str, Any], float, str]:
-    """One evaluation; returns the record, the wall time and (optionally) a profile summary."""
-    from hdmnet.evaluate.evaluator import External, evaluate
+def model_from_checkpoint(path: Path) -> HDMNet:
+    """HDMNet built from what the checkpoint says about itself (ours, or official)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    config = (meta.get("config") or {}).get("model", {})
+    backbone = meta.get("backbone", "resnet50")
+    kwargs: dict[str, Any] = {}
+    if backbone == "small":
+        kwargs = {"blocks": tuple(config["small_blocks"]), "width": config["small_width"]}
+    model = build_hdmnet(
+        backbone,
+        NUM_BASE[meta.get("dataset", "pascal")],
+        int(meta["shot"]),
+        attention=config.get("attention", "matching"),
+        num_stages=config.get("stages", 3),
+        distill=config.get("distill", True),
+        ensemble=config.get("ensemble", True),
+        fix_quirks=config.get("fix_quirks", False),
+        embed_dim=config.get("embed_dim", 64),
+        **kwargs,
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
 
-    profiler = cProfile.Profile() if profile else None
-    started = time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    cache_mb, batch_size = mode
-    external = External("benchmark", checkpoint)
-    record = evaluate(params, run, external, cache_mb=cache_mb, batch_size=batch_size)
-    if profiler is not None:
-        profiler.disable()
-    wall = time.perf_counter() - started
-    summary = ""
-    if profiler is not None:
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
-        summary = out.getvalue()
-    return record, wall, summary
+
+def random_model(backbone: str, shot: int) -> HDMNet:
+    torch.manual_seed(0)
+    model = build_hdmnet(backbone, NUM_BASE["pascal"], shot)
+    with torch.no_grad():  # non-trivial ensemble weights, as in benchmarks/forward.py
+        model.gram_merge.weight.copy_(torch.tensor([1.0, 0.3]).view(1, 2, 1, 1))
+        model.cls_merge.weight.copy_(torch.tensor([1.0, 0.5]).view(1, 2, 1, 1))
+    return model.eval()
+
+
+def load_model(args: argparse.Namespace, params: Params, work: Path) -> tuple[HDMNet, str]:
+    if args.checkpoint:
+        return model_from_checkpoint(args.checkpoint), str(args.checkpoint)
+    if args.backbone == "small":
+        path = quick_checkpoint(params, work, args.fold, args.shot)
+        return model_from_checkpoint(path), f"quickly trained ({path})"
+    return random_model(args.backbone, args.shot), f"random {args.backbone} weights"
+
+
+def runner(
+    model: HDMNet, params: Params, args: argparse.Namespace, cache_mb: int, batch: int = 16
+) -> EpisodeRunner:
+    return EpisodeRunner(
+        model,
+        layout.prepared_dir(params, "pascal"),
+        layout.fold_dir(params, "pascal", args.fold),
+        args.shot,
+        args.size,
+        annotation=params.eval.support_annotation,
+        cache_mb=cache_mb,
+        batch_size=batch,
+    )
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def counts(result: ProtocolResult) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for seed, meters in result.meters.items():
+        for name in OUTPUTS:
+            m = meters[name]
+            out[f"{seed}/{name}"] = [
+                m.class_inter.tolist(),
+                m.class_union.tolist(),
+                m.fb_inter.tolist(),
+                m.fb_union.tolist(),
+            ]
+    return out
+
+
+def miou(result: ProtocolResult, name: str = "final") -> float:
+    values = [100 * m[name].miou() for m in result.meters.values()]
+    return sum(values) / len(values)
+
+
+def timed(fn: Any) -> tuple[ProtocolResult, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,113 +185,143 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--data", type=Path, help="prepared data folder (paths.data)")
+    parser.add_argument("--scale", type=float, help="synth.scale of the generated data")
     parser.add_argument("--checkpoint", type=Path, help="HDMNet checkpoint to evaluate")
+    parser.add_argument("--backbone", default="small", help="without --checkpoint")
+    parser.add_argument("--size", type=int, help="image size (default: the preset's)")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=1, help="alternating repetitions (min kept)")
-    parser.add_argument("--profile", action="store_true", help="cProfile both evaluations")
-    parser.add_argument("--target", type=float, default=3.0)
+    parser.add_argument("--seeds", type=int, help="first N of eval.seeds (default all)")
+    parser.add_argument("--episodes", type=int, help="per seed (default: the preset's)")
+    parser.add_argument("--cache-mb", type=int, help="default: eval.cache_mb")
+    parser.add_argument("--straight-episodes", type=int, default=48)
+    parser.add_argument("--check-seeds", type=int, default=2)
+    parser.add_argument("--check-episodes", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="hdmnet-bench-eval-"))
-    params = load_params(
-        args.params,
-        [
-            *args.overrides,
-            f"paths.data={args.data or work / 'data'}",
-            f"paths.results={work / 'results'}",
-            "tracking.enabled=false",
-        ],
-    )
-    run = Run("pascal", "small", "full", args.fold, args.shot, params.grid.train_seeds[0])
-    if args.data is None:
-        prepare_data(params)
-    checkpoint = args.checkpoint or quick_checkpoint(params, run)
-    schedule = params.meta.pascal
-    episodes = len(params.eval.seeds) * schedule.test_episodes
-    print(
-        f"evaluating {checkpoint}: {len(params.eval.seeds)} seeds x {schedule.test_episodes} "
-        f"episodes, {run.name}, image {schedule.image_size}, cache {params.eval.cache_mb} MB"
-    )
-
-    # (cache MB, episodes decoded together) per mode. "single" is the straightforward protocol
-    # (the official test loop): one episode at a time, every image encoded afresh. "plain"
-    # batches episodes but reuses nothing, isolating what feature reuse alone brings.
-    modes = {
-        "reuse": (params.eval.cache_mb, 16),
-        "plain": (0, 16),
-        "single": (0, 1),
-    }
-    times: dict[str, list[float]] = {name: [] for name in modes}
-    walls: dict[str, list[float]] = {name: [] for name in modes}
-    records: dict[str, dict[str, Any]] = {}
-    profiles: dict[str, str] = {}
-    for _ in range(args.reps):
-        # Reuse first: the plain run then finds every image in the OS page cache.
-        for name, mode in modes.items():
-            record, wall, summary = evaluate_once(params, run, checkpoint, mode, args.profile)
-            times[name].append(record["timing"]["seconds"])
-            walls[name].append(wall)
-            records[name] = record
-            profiles[name] = profiles.get(name) or summary
-            print(
-                f"  {name:5s} protocol {record['timing']['seconds']:7.2f} s "
-                f"(wall {wall:7.2f} s), cache {record['timing']['cache']}"
-            )
-
-    # Reuse must not change a single number (same batches, same arithmetic). Decoding one
-    # episode at a time runs other kernels, whose float rounding can flip a pixel now and then:
-    # that mode must agree closely, not bit for bit.
-    same = all(records["reuse"][k] == records["plain"][k] for k in NUMBERS)
-    drift = abs(records["single"]["miou"] - records["reuse"]["miou"])
-    print(f"one-at-a-time vs batched: mIoU differs by {drift:.4f} points (float rounding)")
-    same = same and drift < 0.1
-    reuse, plain, single = (min(times[name]) for name in modes)
-    ratio = single / reuse
-    print(
-        f"\nmetrics identical: {same} (mIoU {records['reuse']['miou']:.2f}, "
-        f"FB-IoU {records['reuse']['fbiou']:.2f})"
-    )
-    print(f"one episode at a time, no reuse: {single:.2f} s ({1000 * single / episodes:.1f} ms/ep)")
-    print(f"batched, no reuse:               {plain:.2f} s ({1000 * plain / episodes:.1f} ms/ep)")
-    print(f"batched, with reuse (ours):      {reuse:.2f} s ({1000 * reuse / episodes:.1f} ms/ep)")
-    print(
-        f"ratio vs the straightforward protocol: {ratio:.2f}x (target {args.target:g}x); "
-        f"reuse alone (both batched): {plain / reuse:.2f}x; {torch.get_num_threads()} thread(s)"
-    )
-    for name, text in profiles.items():
-        if text:
-            print(f"\n--- profile, {name} (top functions by own time) ---\n{text}")
-    if args.keep:
-        print(f"temp folder kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    overrides = [*args.overrides, "tracking.enabled=false"]
+    overrides += [f"paths.data={args.data or work / 'data'}", f"paths.results={work / 'results'}"]
+    if args.scale is not None:
+        overrides.append(f"synth.scale={args.scale}")
+    params = load_params(args.params, overrides)
+    try:
+        if args.data is None:
+            prepare_data(params)
+        model, source = load_model(args, params, work)
+        if args.checkpoint:
+            args.shot = model.shot
+        if args.size is None:  # ResNet-50 with random weights: the paper's size
+            random_weights = not args.checkpoint and args.backbone != "small"
+            args.size = 473 if random_weights else params.meta.pascal.image_size
+        seeds = list(params.eval.seeds)[: args.seeds or None]
+        episodes = args.episodes or params.meta.pascal.test_episodes
+        cache_mb = params.eval.cache_mb if args.cache_mb is None else args.cache_mb
+        figures = run_all(args, params, model, seeds, episodes, cache_mb, source)
+    finally:
+        if args.keep:
+            print(f"temp folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        figures = {
-            "reuse_seconds": times["reuse"],
-            "plain_seconds": times["plain"],
-            "single_seconds": times["single"],
-            "reuse_wall": walls["reuse"],
-            "plain_wall": walls["plain"],
-            "ratio": ratio,
-            "reuse_alone_ratio": plain / reuse,
-            "identical": same,
-            "episodes": episodes,
-            "cache": records["reuse"]["timing"]["cache"],
-        }
         args.json.write_text(json.dumps(figures, indent=2))
-    if not same:
-        print("FAIL: the two evaluations disagree", file=sys.stderr)
-        return 1
-    if ratio < args.target:
-        print(f"FAIL: ratio {ratio:.2f}x below the target {args.target:g}x", file=sys.stderr)
-        return 1
-    return 0
+    return 0 if figures["identical"] and figures["single_drift"] <= 0.05 else 1
+
+
+def run_all(
+    args: argparse.Namespace,
+    params: Params,
+    model: HDMNet,
+    seeds: list[int],
+    episodes: int,
+    cache_mb: int,
+    source: str,
+) -> dict[str, Any]:
+    fold_list = layout.fold_dir(params, "pascal", args.fold) / "val.txt"
+    queries = sum(1 for line in fold_list.read_text().splitlines() if line.strip())
+    print(
+        f"model: {source}; {model.shot} shot(s), {args.size} px, fold {args.fold} "
+        f"({queries} test list items), {len(seeds)} seeds x {episodes} episodes, "
+        f"cache {cache_mb} MB, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+        flush=True,
+    )
+    total = len(seeds) * episodes
+
+    # 1. The planned protocol, in full.
+    planned, planned_s = timed(
+        lambda: runner(model, params, args, cache_mb).run(seeds, episodes, desc="planned")
+    )
+    c = planned.cache
+    print(
+        f"planned:          {planned_s:8.1f} s for {total} episodes = "
+        f"{1000 * planned_s / total:7.1f} s per 1000 episodes; {c['backbone_passes']} backbone "
+        f"passes ({c['passes_per_episode']:.3f} per episode), encode {c['encode_seconds']:.1f} s, "
+        f"decode {c['decode_seconds']:.1f} s, peak kept {c['bytes'] / 2**20:.0f} MB, "
+        f"evictions {c['evictions']}, prior maps reused {c['prior_hits']} / computed "
+        f"{c['prior_misses']}; mIoU {miou(planned):.2f} (meta {miou(planned, 'meta'):.2f})",
+        flush=True,
+    )
+
+    # 2. The straightforward protocol on a reduced count, extrapolated.
+    n = min(args.straight_episodes, episodes)
+    straight, straight_s = timed(
+        lambda: runner(model, params, args, 0).run(seeds[:1], n, desc="straightforward")
+    )
+    per_1000 = 1000 * straight_s / n
+    print(
+        f"straightforward: {straight_s:8.1f} s for {n} episodes = {per_1000:7.1f} s per 1000 "
+        f"episodes (EXTRAPOLATED from {n} episodes); {straight.cache['passes_per_episode']:.0f} "
+        f"backbone passes per episode",
+        flush=True,
+    )
+    ratio = per_1000 / (1000 * planned_s / total)
+    print(f"speed-up of the planned protocol: x{ratio:.1f} per episode", flush=True)
+
+    # 3. Identical counts on a common subset; 4. one episode at a time within 0.05 mIoU.
+    check_seeds = seeds[: args.check_seeds]
+    m = min(args.check_episodes, episodes)
+    a = runner(model, params, args, cache_mb).run(check_seeds, m, desc="check planned")
+    b = runner(model, params, args, 0).run(check_seeds, m, desc="check straightforward")
+    single = runner(model, params, args, 0, batch=1).run(check_seeds, m, desc="check single")
+    identical = counts(a) == counts(b)
+    drift = max(
+        abs(100 * a.meters[s][name].miou() - 100 * single.meters[s][name].miou())
+        for s in check_seeds
+        for name in OUTPUTS
+    )
+    print(
+        f"check on {len(check_seeds)} seeds x {m} episodes: planned and straightforward counts "
+        f"identical: {identical}; one episode at a time differs by {drift:.4f} mIoU points "
+        f"(limit 0.05)",
+        flush=True,
+    )
+    return {
+        "source": source,
+        "shot": model.shot,
+        "size": args.size,
+        "seeds": len(seeds),
+        "episodes_per_seed": episodes,
+        "test_list_items": queries,
+        "cache_mb": cache_mb,
+        "threads": torch.get_num_threads(),
+        "planned_seconds": planned_s,
+        "planned_s_per_1000": 1000 * planned_s / total,
+        "planned_cache": planned.cache,
+        "planned_miou": miou(planned),
+        "straightforward_episodes": n,
+        "straightforward_seconds": straight_s,
+        "straightforward_s_per_1000_extrapolated": per_1000,
+        "speedup": ratio,
+        "identical": identical,
+        "single_drift": drift,
+    }
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -433,11 +433,13 @@ class EpisodeRunner:
         world_size: int = 1,
         base_classes: tuple[str, int, str] | None = None,
         desc: str = "evaluate",
+        on_episode: Callable[[Planned, Decoded], None] | None = None,
     ) -> ProtocolResult:
         """Every seed's episodes (this process's share ``rank::world_size``).
 
         With ``base_classes`` = (dataset, fold, scheme), the base learner's semantic
         segmentation of the base classes is also scored once on every distinct query image.
+        ``on_episode`` sees every decoded episode (benchmarks compare predictions with it).
         """
         start = time.perf_counter()
         self.model.eval()
@@ -467,6 +469,8 @@ class EpisodeRunner:
                 t,
             )
             for e, episode in zip(batch, decoded, strict=True):
+                if on_episode is not None:
+                    on_episode(e, episode)
                 label_t = torch.from_numpy(episode.label.astype(np.int64))
                 for name in OUTPUTS:
                     prediction = binary_prediction(episode.logits[name])

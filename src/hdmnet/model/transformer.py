@@ -184,17 +184,42 @@ def matching_attention_sparse(
             outs.append(q.new_zeros(q.shape[1:]))
             corrs.append(q.new_zeros(q.shape[2]))
             continue
-        m = mask[b, idx]
-        # Scores laid out [heads, support, query]: the softmax over the query axis then runs
-        # along contiguous memory (several times faster than across it at 60x60).
-        scores = kn[b][:, idx] @ qn[b].transpose(-2, -1) / temperature
-        attn = scores.softmax(dim=-1)
-        if not bool((m == 1).all()):  # a binary mask selects ones only: nothing to weight
-            attn = attn * m[None, :, None]
-            scores = scores * m[None, :, None]
-        outs.append(attn.transpose(-2, -1) @ v[b][:, idx])
-        corrs.append((scores.sum(-2) / (m.sum() + 1e-9)).mean(0))
+        out, corr = _match_foreground(qn[b], kn[b][:, idx], v[b][:, idx], mask[b, idx], temperature)
+        outs.append(out)
+        corrs.append(corr)
     return torch.stack(outs), torch.stack(corrs)
+
+
+# Score elements per chunk of support tokens in the sparse matching (about 2 MB of float32).
+MATCH_CHUNK = 1 << 19
+
+
+def _match_foreground(
+    qn: Tensor, kn: Tensor, v: Tensor, m: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Matching of one query against its foreground support tokens, chunk after chunk.
+
+    ``qn`` ``[H, Lq, d]``, ``kn``/``v`` ``[H, n, d]``, ``m`` ``[n]``. Scores are laid out
+    ``[heads, support, query]`` so that the softmax over the query axis runs along contiguous
+    memory, and a chunk of support tokens at a time so that scores, softmax and products stay
+    in cache (at 60x60 with 5 shots the full score matrix is 120 MB per query).
+    """
+    heads, lq, d = qn.shape
+    weighted = not bool((m == 1).all())  # a binary mask selects ones: nothing to weight
+    qt = qn.transpose(-2, -1)
+    out = qn.new_zeros(heads, lq, d)
+    score_sum = qn.new_zeros(heads, lq)
+    step = max(1, MATCH_CHUNK // max(1, lq * heads))
+    for start in range(0, kn.shape[1], step):
+        scores = torch.matmul(kn[:, start : start + step], qt).div_(temperature)
+        attn = scores.softmax(dim=-1)
+        if weighted:
+            w = m[start : start + step][None, :, None]
+            attn = attn * w
+            scores = scores * w
+        score_sum += scores.sum(-2)
+        out.baddbmm_(attn.transpose(-2, -1), v[:, start : start + step])
+    return out, (score_sum / (m.sum() + 1e-9)).mean(0)
 
 
 def dot_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
