@@ -7,6 +7,12 @@ it, so it is written only by a run that holds Snakemake's lock, never at parse t
 run, and another invocation with other parameters writes another file: nothing can change the
 parameters of a running pipeline. (Which jobs rerun is decided by the job identities in
 ``hdmnet.identity``; the file's name is not part of any rule, so it triggers no rerun.)
+
+Every Snakemake invocation that runs jobs (``hdmnet demo``, ``snakemake --profile ...``, a
+cluster profile) is one MLflow parent run: ``onstart`` starts it (``workflow_started``) and
+its id reaches every job through the environment; ``onsuccess``/``onerror`` attach the tables,
+figures and report that the invocation wrote and end it (``workflow_finished``). An invocation
+with nothing to do runs no handler and makes no run.
 """
 
 from __future__ import annotations
@@ -17,17 +23,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from hdmnet import layout
-from hdmnet.config import Params, load_params
+from hdmnet.config import Params
 from hdmnet.fileio import write_text
-from hdmnet.tracking import PARENT_ENV, end_parent_run, start_parent_run
+from hdmnet.tracking import end_parent_run, start_parent_run
 
 RESOLVED_DIR = Path(".snakemake/hdmnet-params")
 RESOLVED_ENV = "HDMNET_RESOLVED_PARAMS"  # the workflow's shell commands read the file's name here
 INCOMPLETE_DIR = Path(".snakemake/incomplete")
+# The parent run this process started (Snakemake's onstart) and when: onsuccess/onerror end it.
+_PARENT: dict[str, Any] = {}
 
 
 def resolved_params_text(params: Params) -> str:
@@ -58,8 +67,9 @@ def final_targets(params: Params) -> list[str]:
 def run_workflow(params_file: Path, cores: int, profile: str = "workflow/profiles/default") -> int:
     """Run the Snakemake workflow (the main job); returns Snakemake's exit code.
 
-    When there is work to do, the jobs of this invocation share one MLflow parent run.
-    A second run with nothing to do only asks Snakemake and returns.
+    When there is work to do, the jobs of this invocation share one MLflow parent run (made by
+    the workflow's onstart handler). A second run with nothing to do only asks Snakemake and
+    returns.
     """
     env = dict(os.environ)
     # Rules call `hdmnet`: make the interpreter's bin folder (the venv) visible to them.
@@ -82,11 +92,41 @@ def run_workflow(params_file: Path, cores: int, profile: str = "workflow/profile
             "hdmnet demo: continuing an interrupted run; its unfinished jobs run again",
             file=sys.stderr,
         )
-    params = load_params(params_file)
+    return subprocess.call(command, env=env)
+
+
+def workflow_started(params: Params) -> str | None:
+    """Snakemake's ``onstart``: start the invocation's MLflow parent run (its id goes to the
+    jobs through the environment); returns it, None with tracking off."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    parent = start_parent_run(params, f"pipeline {params.preset} {stamp}")
-    if parent:
-        env[PARENT_ENV] = parent
-    code = subprocess.call(command, env=env)
-    end_parent_run(params, parent, ok=code == 0)
-    return code
+    started = time.time()
+    run_id = start_parent_run(params, f"pipeline {params.preset} {stamp}")
+    _PARENT.update(run_id=run_id, started=started)
+    return run_id
+
+
+def workflow_finished(params: Params, ok: bool) -> None:
+    """Snakemake's ``onsuccess`` (``ok``) and ``onerror``: attach the tables, figures and report
+    written since the parent run started, and end it (and any job run left RUNNING)."""
+    run_id, started = _PARENT.pop("run_id", None), _PARENT.pop("started", 0.0)
+    if run_id is None:
+        return
+    end_parent_run(params, run_id, ok, artifacts=written_outputs(params, started))
+
+
+def written_outputs(params: Params, since: float) -> dict[str, list[Path]]:
+    """The tables, figures and report modified at or after ``since`` (epoch seconds), by the
+    artifact folder they go to."""
+    found = {
+        "tables": _files(layout.tables_dir(params)),
+        "figures": _files(layout.figures_dir(params)),
+        "report": [layout.report_file(params)],
+    }
+    return {
+        folder: [p for p in paths if p.is_file() and p.stat().st_mtime >= since]
+        for folder, paths in found.items()
+    }
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []

@@ -30,8 +30,21 @@ RUN_ARGS = (
 )
 
 
+# Snakemake keeps one handler of each kind: everything done at the start goes in this one.
+# A real run (not a dry run, not a job of a cluster) that has jobs to run is one MLflow parent
+# run: started here, its id passed to every job in the environment, ended (with the tables,
+# figures and report it wrote attached) by onsuccess/onerror.
 onstart:
     pipeline.write_resolved_params(PARAMS)
+    pipeline.workflow_started(PARAMS)
+
+
+onsuccess:
+    pipeline.workflow_finished(PARAMS, ok=True)
+
+
+onerror:
+    pipeline.workflow_finished(PARAMS, ok=False)
 
 
 wildcard_constraints:
