@@ -3,9 +3,11 @@
 The goldens were rendered by the hand-written renderers before the tables moved to pandas; the
 current code must reproduce Markdown, CSV and provenance.json byte for byte and LaTeX up to
 whitespace. The scenarios together use every table feature: the paper comparison on and off,
-ablation deltas, folds outside the grid, a full model missing on an ablation fold, a mean that is
-not compared, mixed checkpoint selection, the COCO split note, several row groups, the embedded
-data's names, and rows of an external checkpoint beside the paper's with a record left out.
+ablation deltas (within noise and not), folds outside the grid, a full model missing on an
+ablation fold, a mean that is not compared, mixed checkpoint selection, the COCO split note,
+several row groups, the embedded data's names, rows of an external checkpoint beside the
+paper's with a record left out, and several training seeds (mean ± std, paired deltas). With one
+training seed the main and paper tables are as they were before training seeds were an axis.
 
 Regenerate (only for an intended change of the output) with
 ``HDMNET_UPDATE_GOLDEN=1 pytest tests/report/test_report_golden.py`` and review the diff.
@@ -48,6 +50,11 @@ SCENARIOS = {
     "paper": ("official.yaml", (), None),
     # An external checkpoint on folds 0-2 after our, the paper's and the difference rows.
     "paper-external": ("official.yaml", (), None),
+    # Three training seeds: mean ± std in every cell, deltas paired by seed, some within noise.
+    "seeds": ("embedded.yaml", ("grid.train_seeds=[321, 322, 323]",), None),
+    # Two training seeds with the paper's and the difference rows and an external checkpoint
+    # (one training, no spread).
+    "paper-seeds": ("official.yaml", ("grid.train_seeds=[321, 322]",), None),
     # Two groups, partial folds (means not compared) and a COCO split unlike the paper's.
     "paper-partial": (
         "official.yaml",
@@ -64,13 +71,14 @@ SCENARIOS = {
 # scenario -> folds of the external checkpoint "official" (COCO, ResNet-50, 1 shot, mIoU 45 +
 # fold) and the notes on external records left out, as ``collect.load_external`` gives them.
 EXTERNAL = {
+    "paper-seeds": ([0, 1, 2], []),
     "paper-external": (
         [0, 1, 2],
         [
             "/results/external/old/coco/resnet50/full/fold0-shot1.json left out: made with "
             "other evaluation settings than the current ones (evaluate the checkpoint again)"
         ],
-    )
+    ),
 }
 FILES = [f"{n}.{e}" for n in ("main", "ablation", "paper") for e in ("md", "csv", "tex")]
 

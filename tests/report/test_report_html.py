@@ -62,8 +62,12 @@ def test_report_is_self_contained_and_has_every_part(default_grid):
     assert "not comparable with the table above" in text
     assert "<td>no_distill</td><td>model.distill</td><td>true</td><td>false</td>" in text
     assert "<td>stages_1</td><td>model.stages</td><td>3</td><td>1</td>" in text
-    # A delta is coloured by its sign.
-    assert '<span class="neg">-2.0</span>' in text and '<span class="pos">+0.8</span>' in text
+    # One training seed, 3 test seeds: every delta of the fixture is within the test-seed noise
+    # (see test_report_spread for coloured effects), shown grey and marked, never coloured.
+    assert '<span class="noise">-2.0 ± 1.4, within noise</span>' in text
+    assert '<span class="noise">+0.8 ± 1.4, within noise</span>' in text
+    assert 'class="neg">-2.0' not in text and 'class="pos">+0.8' not in text
+    assert "The training-seed spread was not measured in this run" in text
     assert "Not drawn: the report was built without model predictions" in text
     for run in layout.all_runs(default_grid):
         assert f"<td>{run.name}</td>" in text

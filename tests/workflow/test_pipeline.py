@@ -1,16 +1,22 @@
 """The main job end to end, small: `hdmnet demo` runs the whole Snakemake workflow (generate,
 download, prepare, base learner, HDMNet, evaluation, tables, report) on a tiny grid, every job
-lands in MLflow under one parent run, and a second run has nothing to do."""
+lands in MLflow under one parent run, and a second run has nothing to do. A second training seed
+added to a copy of that run trains and evaluates everything once more for the new seed only, and
+the tables show mean ± std over the two."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from tests.workflow.test_snakemake import workflow_copy
@@ -112,3 +118,79 @@ def test_second_run_does_nothing(pipeline):
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert "Report:" in done.stdout
+
+
+def test_a_second_training_seed_runs_every_job_again_and_the_tables_average_the_seeds(
+    pipeline, tmp_path
+):
+    # On a copy (mtimes kept, so Snakemake sees the first run as up to date): the other tests'
+    # tree stays as it was, and only the new seed's jobs cost time.
+    tree, first = pipeline
+    assert first.returncode == 0
+    copy = tmp_path / "seeds"
+    shutil.copytree(tree, copy, symlinks=True)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["grid"]["train_seeds"] = [321, 322]
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    results, logs = copy / "results", copy / "logs"
+    variants = ("full", "no_distill")
+
+    def records(seed: int) -> list[Path]:
+        base = [results / f"base/pascal/small/fold0/seed{seed}/record.json"]
+        meta = [
+            results / f"meta/pascal/small/{v}/fold0/shot1/seed{seed}/record.json" for v in variants
+        ]
+        metrics = [
+            results / f"metrics/pascal/small/{v}/fold0-shot1-seed{seed}.json" for v in variants
+        ]
+        return base + meta + metrics
+
+    before = {p: p.stat().st_mtime_ns for p in records(321)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("HDMNET_PARENT_RUN_ID", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "hdmnet.cli", "demo", "--cores", "2"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Seed 321's jobs did not run again; every job ran for seed 322, as a training of its own.
+    assert {p: p.stat().st_mtime_ns for p in records(321)} == before
+    for seed in (321, 322):
+        assert all(json.loads(p.read_text())["train_seed"] == seed for p in records(seed))
+        assert (logs / f"train_base/pascal-small-fold0-seed{seed}.log").exists()
+        for variant in variants:
+            for stage in ("train", "evaluate"):
+                assert (
+                    logs / f"{stage}/pascal-small-{variant}-fold0-shot1-seed{seed}.log"
+                ).exists()
+    sha = {
+        seed: json.loads(records(seed)[1].read_text())["checkpoints"]["best"]["sha256"]
+        for seed in (321, 322)
+    }
+    assert sha[321] != sha[322]
+
+    # The tables: mean ± std over the two training seeds, the CSV with both as numbers.
+    runs = [json.loads(p.read_text()) for p in (records(321)[3], records(322)[3])]
+    main = pd.read_csv(results / "tables" / "main.csv")
+    assert list(main["train_seeds"]) == [2]
+    assert main["fold0"].iloc[0] == pytest.approx(statistics.mean(r["miou"] for r in runs))
+    assert main["fold0_std"].iloc[0] == pytest.approx(statistics.stdev(r["miou"] for r in runs))
+    pm = r"\d+\.\d ± \d+\.\d"
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| embedded")]
+    assert re.fullmatch(
+        rf"\| embedded PASCAL-like \| small \| 1 \| {pm} \| - \| - \| - \| {pm} \| {pm} \|", row
+    )
+    ablation = (results / "tables" / "ablation.md").read_text()
+    assert re.search(rf"\| no_distill \|.*\| {pm} \([+-]{pm}(, within noise)?\) \|", ablation)
+    assert "Mean ± std over 2 training seeds (321, 322)" in ablation
+    assert "standard deviation of its 2 per-seed differences" in ablation
+    cells = json.loads((results / "tables" / "provenance.json").read_text())["cells"]
+    fold0 = next(c for c in cells if c["table"] == "main" and c["column"] == "fold0")
+    assert sorted(fold0["runs"]) == [f"pascal-small-full-fold0-shot1-seed{s}" for s in (321, 322)]
+    html = (results / "report" / "index.html").read_text()
+    assert "321, 322 (tables: mean ± std over them)" in html

@@ -103,6 +103,7 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
         compared=compare_with_paper(params),
         data_names=", ".join(data_name(params, d) for d in params.grid.datasets),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        train_seeds=params.grid.train_seeds,
         commits=commits,
         mixed_commits=mixed_commits,
         selection_note=provenance.selection_note(metrics.values()),
@@ -145,26 +146,33 @@ def _setting(params: Params, dataset: str, backbone: str, shot: int | None = Non
 def _ablation_figures(
     params: Params, table: Table, training: Training, out: Path
 ) -> list[html.Figure]:
-    """Per ablation setting: mean mIoU of each variant (from the ablation table), and per fold
-    the training curves of the variants."""
-    ab = params.ablation
-    means: dict[tuple[str, str, int], dict[str, float | None]] = {}
+    """Per ablation setting: mean mIoU of each variant with its delta, its spread and whether it
+    is within noise (from the ablation table; error bars: the spread over training seeds), and
+    per fold the training curves of the variants (of the first training seed)."""
+    ab, seeds = params.ablation, params.grid.train_seeds
+    rows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for row in table.records():
-        setting = (row["dataset"], row["backbone"], row["shot"])
-        means.setdefault(setting, {})[row["variant"]] = row["mean"]
+        rows.setdefault((row["dataset"], row["backbone"], row["shot"]), []).append(row)
     shown, folds = [], ", ".join(map(str, ab.folds))
-    for (dataset, backbone, shot), by_variant in means.items():
+    for (dataset, backbone, shot), found in rows.items():
+        by_variant = {row["variant"]: row["mean"] for row in found}
         stem = f"{dataset}-{backbone}-shot{shot}"
         if by_variant.get("full") is not None and len(by_variant) > 1:
             title = f"{_setting(params, dataset, backbone, shot)}, folds {folds}"
-            bars = figures.ablation_bars(by_variant, title)
+            errors = {row["variant"]: row.get("mean_std") for row in found}
+            deltas = {
+                row["variant"]: (row["mean_delta"], row["mean_delta_std"], row["mean_delta_noise"])
+                for row in found
+                if row["mean_delta"] is not None
+            }
+            bars = figures.ablation_bars(by_variant, title, errors, deltas)
             shown.append(_figure(bars, out, "ablation", stem, title))
         for fold in ab.folds:
-            seed = params.grid.train_seeds[0]  # the curves of one training per variant
-            runs = {v: Run(dataset, backbone, v, fold, shot, seed) for v in by_variant}
+            runs = {v: Run(dataset, backbone, v, fold, shot, seeds[0]) for v in by_variant}
             curves = {v: training[run] for v, run in runs.items() if training.get(run) is not None}
             if len(curves) >= 2:
                 title = f"{_setting(params, dataset, backbone, shot)}, fold {fold}"
+                title += f", training seed {seeds[0]}" if len(seeds) > 1 else ""
                 stem = f"{dataset}-{backbone}-fold{fold}-shot{shot}"
                 curves_fig = figures.training_curves(curves, title)
                 shown.append(_figure(curves_fig, out, "training-ablation", stem, title))
@@ -178,28 +186,38 @@ def _training_figures(
     base_training: BaseTraining,
     out: Path,
 ) -> list[tuple[str, list[html.Figure]]]:
-    """Per dataset and backbone of the grid: the training curves of the meta and base learners,
-    the IoU per class (per shot) and the spread over test seeds of the full model."""
+    """Per dataset and backbone of the grid: the training curves of the meta and base learners
+    (each training seed's), the IoU per class (per shot) and the spread over test seeds of the
+    full model (with several training seeds, over training seeds too)."""
     grid = params.grid
+    several = len(grid.train_seeds) > 1
+
+    def seed(value: int | None) -> str:
+        return f", seed {value}" if several else ""
+
     blocks = []
     pairs = list(itertools.product(grid.datasets, grid.backbones))
     for dataset, backbone in progress(pairs, desc="report figures"):
         setting, stem = _setting(params, dataset, backbone), f"{dataset}-{backbone}"
         cell = (dataset, backbone, "full")
         full = [r for r in metrics if (r.dataset, r.backbone, r.variant) == cell]
-        full.sort(key=lambda r: (r.shot, r.fold))
+        full.sort(key=lambda r: (r.shot, r.fold, r.seed or 0))
         shown = []
-        curves = {f"fold {r.fold}, {r.shot}-shot": training.get(r) for r in full}
+        curves = {f"fold {r.fold}, {r.shot}-shot{seed(r.seed)}": training.get(r) for r in full}
         curves = {label: rec for label, rec in curves.items() if rec is not None}
         if curves:
             fig = figures.training_curves(curves, f"HDMNet, {setting}")
             shown.append(_figure(fig, out, "training-meta", stem, setting))
         learners = {
-            k.fold: rec
+            (k.fold, k.seed): rec
             for k, rec in base_training.items()
             if (k.dataset, k.backbone) == (dataset, backbone)
         }
-        base = {f"fold {f}": learners[f] for f in sorted(learners) if learners[f] is not None}
+        base = {
+            f"fold {fold}{seed(s)}": learners[fold, s]
+            for fold, s in sorted(learners)
+            if learners[fold, s] is not None
+        }
         if base:
             fig = figures.training_curves(base, f"PSPNet, {setting}")
             shown.append(_figure(fig, out, "training-base", stem, setting))

@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 
 from hdmnet.evaluate.views import EpisodeView
 from hdmnet.fileio import atomic_path
+from hdmnet.report.table import NOISE
 
 DPI = 100
 IGNORE = 255
@@ -164,23 +165,30 @@ def training_curves(records: Mapping[str, dict[str, Any]], title: str = "") -> F
 
 
 def class_iou_bars(records: Sequence[dict[str, Any]], title: str = "") -> Figure:
-    """Per novel class IoU (final output, mean over seeds), coloured by fold."""
-    bars: list[tuple[int, str, float, int]] = []
+    """Per novel class IoU (final output, mean over the test seeds), coloured by fold. With
+    several records of one fold (training seeds) a bar is their mean and an error bar their
+    standard deviation."""
+    found: dict[tuple[int, int], list[float]] = {}
+    names: dict[int, str] = {}
     for record in records:
-        names = dict(zip(record["classes"], record.get("class_names") or [], strict=False))
+        names |= dict(zip(record["classes"], record.get("class_names") or [], strict=False))
         class_iou = record["outputs"]["final"].get("class_iou") or {}
         for key, value in class_iou.items():
-            cls = int(key)
-            bars.append((cls, names.get(cls, str(cls)), float(value), int(record["fold"])))
-    if not bars:
+            found.setdefault((int(key), int(record["fold"])), []).append(float(value))
+    if not found:
         raise ValueError("class_iou_bars: the records have no per-class IoU")
-    bars.sort()
+    bars = sorted(
+        (cls, names.get(cls, str(cls)), values, fold) for (cls, fold), values in found.items()
+    )
     width = max(5.0, 0.28 * len(bars) + 1.5)
     fig = Figure(figsize=(width, 3.4), dpi=DPI)
     ax = fig.subplots()
     xs = np.arange(len(bars))
     colours = [FOLD_COLOURS[fold % len(FOLD_COLOURS)] for *_, fold in bars]
-    ax.bar(xs, [b[2] for b in bars], color=colours)
+    heights = [float(np.mean(values)) for _, _, values, _ in bars]
+    spread = [_std(values) for _, _, values, _ in bars]
+    several = any(len(values) > 1 for _, _, values, _ in bars)
+    ax.bar(xs, heights, color=colours, yerr=spread if several else None, capsize=2)
     ax.set_xticks(xs, [b[1] for b in bars], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
@@ -196,48 +204,98 @@ def class_iou_bars(records: Sequence[dict[str, Any]], title: str = "") -> Figure
     return fig
 
 
+def _std(values: Sequence[float]) -> float:
+    """The sample standard deviation, 0 for a single value (no error bar)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def seed_spread(records: Sequence[dict[str, Any]], title: str = "") -> Figure:
-    """Box and strip plot of the per-seed mIoU of each fold and shot (final output)."""
-    groups: list[tuple[str, list[float]]] = []
+    """Box and strip plot of the per-test-seed mIoU of each fold and shot (final output). With
+    several training seeds a fold and shot has a box per training seed, side by side in the
+    seed's colour, and between them the mean over training seeds with an error bar of their
+    standard deviation."""
+    groups: dict[tuple[int, int], list[tuple[Any, list[float]]]] = {}
     for record in sorted(records, key=lambda r: (r["shot"], r["fold"])):
         per_seed = record["outputs"]["final"].get("per_seed") or []
         values = [float(s["miou"]) for s in per_seed]
         if values:
-            groups.append((f"F{record['fold']}\n{record['shot']}-shot", values))
+            trained = (record.get("train_seed"), values)
+            groups.setdefault((record["shot"], record["fold"]), []).append(trained)
     if not groups:
         raise ValueError("seed_spread: the records have no per-seed results")
     fig = Figure(figsize=(max(4.0, 0.8 * len(groups) + 1.5), 3.2), dpi=DPI)
     ax = fig.subplots()
     positions = np.arange(1, len(groups) + 1)
-    ax.boxplot([v for _, v in groups], positions=positions, widths=0.5, showfliers=False)
+    trainings = sorted({seed for runs in groups.values() for seed, _ in runs}, key=str)
+    colour = {seed: f"C{i % 10}" for i, seed in enumerate(trainings)}
     rng = np.random.default_rng(0)  # fixed jitter: the same records give the same picture
-    for pos, (_, values) in zip(positions, groups, strict=True):
-        jitter = rng.uniform(-0.12, 0.12, size=len(values))
-        ax.plot(pos + jitter, values, "o", ms=3, alpha=0.7, color="C0")
-    ax.set_xticks(positions, [label for label, _ in groups], fontsize=8)
+    for pos, runs in zip(positions, groups.values(), strict=True):
+        k = len(runs)
+        offsets = (np.arange(k) - (k - 1) / 2) * (0.7 / k) if k > 1 else np.zeros(1)
+        width = 0.5 if k == 1 else 0.6 / k
+        ax.boxplot([v for _, v in runs], positions=pos + offsets, widths=width, showfliers=False)
+        for offset, (seed, values) in zip(offsets, runs, strict=True):
+            jitter = rng.uniform(-0.24 * width, 0.24 * width, size=len(values))
+            ax.plot(pos + offset + jitter, values, "o", ms=3, alpha=0.7, color=colour[seed])
+        if k > 1:
+            means = [float(np.mean(v)) for _, v in runs]
+            ax.errorbar(
+                [pos],
+                [np.mean(means)],
+                yerr=[_std(means)],
+                fmt="D",
+                color="black",
+                ms=4,
+                capsize=3,
+                zorder=3,
+            )
+    ax.set_xticks(positions, [f"F{fold}\n{shot}-shot" for shot, fold in groups], fontsize=8)
     ax.set_ylabel("mIoU per seed (%)")
     ax.grid(axis="y", alpha=0.3)
+    if len(trainings) > 1:
+        handles = [Patch(color=colour[s], label=f"training seed {s}") for s in trainings]
+        handles.append(Patch(color="black", label="mean ± std over training seeds"))
+        ax.legend(handles=handles, fontsize=7, loc="best", frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def ablation_bars(means: Mapping[str, float | None], title: str = "") -> Figure:
-    """Mean mIoU per variant, the full model first, each bar labelled with its delta."""
+def ablation_bars(
+    means: Mapping[str, float | None],
+    title: str = "",
+    errors: Mapping[str, float | None] | None = None,
+    deltas: Mapping[str, tuple[float, float | None, bool]] | None = None,
+) -> Figure:
+    """Mean mIoU per variant, the full model first, each bar labelled with its delta.
+
+    ``errors``: variant -> standard deviation over training seeds, drawn as error bars.
+    ``deltas``: variant -> (delta, its spread or None, within noise), the ablation table's; the
+    label shows the spread, and a delta within noise is labelled so, in grey. Without it the
+    label is the difference of the bars."""
     if "full" not in means or means["full"] is None:
         raise ValueError("ablation_bars: the full model's mean is needed as the reference")
     names = list(means)
-    fig = Figure(figsize=(max(4.5, 0.75 * len(names) + 1.5), 3.2), dpi=DPI)
+    fig = Figure(figsize=(max(4.5, 0.95 * len(names) + 1.5), 3.4), dpi=DPI)
     ax = fig.subplots()
     reference = float(means["full"])
     heights = [float("nan") if means[n] is None else float(means[n]) for n in names]
+    spread = [float((errors or {}).get(n) or 0.0) for n in names]
     colours = ["#555555" if n == "full" else "#4c72b0" for n in names]
-    ax.bar(range(len(names)), heights, color=colours)
+    bars = {"yerr": spread, "capsize": 3} if any(spread) else {}
+    ax.bar(range(len(names)), heights, color=colours, **bars)
     ax.axhline(reference, color="#555555", lw=0.8, ls="--")
     for x, (name, h) in enumerate(zip(names, heights, strict=True)):
-        if name != "full" and not np.isnan(h):
-            ax.annotate(f"{h - reference:+.1f}", (x, h), ha="center", va="bottom", fontsize=7)
+        if name == "full" or np.isnan(h):
+            continue
+        label, colour = f"{h - reference:+.1f}", "black"
+        if deltas is not None and name in deltas:
+            delta, delta_spread, noise = deltas[name]
+            label = f"{delta:+.1f}" + ("" if delta_spread is None else f" ± {delta_spread:.1f}")
+            label, colour = (f"{label}\n({NOISE})", "#8a8f96") if noise else (label, "black")
+        top = h + spread[x]
+        ax.annotate(label, (x, top), ha="center", va="bottom", fontsize=7, color=colour)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("mean mIoU (%)")
     ax.grid(axis="y", alpha=0.3)

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 from PIL import Image
 
-from hdmnet.report.table import cells
+from hdmnet.report.table import NOISE, cells
 
 JPEG_QUALITY = 85
 
@@ -64,7 +64,7 @@ ENVIRONMENT = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENVIRONMENT.globals.update(zip=zip, cells=cells)
+ENVIRONMENT.globals.update(zip=zip, cells=cells, NOISE=NOISE)
 ENVIRONMENT.filters.update(short=_short, duration=_duration)
 
 

@@ -75,8 +75,16 @@ def run_provenance(item: Metrics) -> dict[str, Any]:
     }
 
 
+# A cell's spread in provenance.json: name -> frame column (after the cell's key) or row key.
+SPREAD = {"std": "_std", "delta_std": "_delta_std", "delta_noise": "_delta_noise"}
+ROW_SPREAD = ("train_seeds", "delta_spread", "delta_n")
+
+
 def cell_provenance(table: Table) -> list[dict[str, Any]]:
-    """Every number of ``table`` with its row's text, its value and the runs it comes from."""
+    """Every number of ``table`` with its row's text, its value, the runs it comes from (every
+    training seed's) and, where the table has one, its spread (``spread``: the standard
+    deviation over training seeds, the delta's spread and whether it is within noise, over
+    which seeds and how many)."""
     cells = []
     keys = [c.key for c in table.columns if c.kind == "text"]
     for values, row in zip(table.records(), table.rows, strict=True):
@@ -87,6 +95,10 @@ def cell_provenance(table: Table) -> list[dict[str, Any]]:
             paper_used = row.role in ("paper", "diff") or col.key == "paper_mean"
             cell = {"table": table.name, "row": {k: values[k] for k in keys}}
             cell |= {"column": col.key, "value": value, "runs": row.runs.get(col.key, [])}
+            spread = {k: values.get(col.key + s) for k, s in SPREAD.items()}
+            spread |= {k: values.get(k) for k in ROW_SPREAD}
+            if spread["std"] is not None or spread["delta_std"] is not None:
+                cell["spread"] = {k: v for k, v in spread.items() if v is not None}
             cells.append(cell | {"paper": PAPER_SOURCE if paper_used else None})
     return cells
 

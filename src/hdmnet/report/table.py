@@ -3,9 +3,12 @@
 A ``Table`` is a DataFrame of raw values, one column per CSV column (a value with its delta to
 the full model is two columns, ``key`` and ``key_delta``; a missing cell is NaN), and beside it
 what a frame has no place for: the shown columns' labels and kinds, and per row its group, its
-role and the runs each value is computed from. Markdown, LaTeX and the HTML report show numbers
-to one decimal, differences with a sign and "-" where the grid has no such cell; the CSV keeps
-raw numbers (and any frame column that is not shown) so that pandas reads it without parsing.
+role and the runs each value is computed from. Where the rows have them, a value's spread is a
+column of its own (``key_std``; a delta's ``key_delta_std`` and ``key_delta_noise``, whether it
+is within noise). Markdown, LaTeX and the HTML report show numbers to one decimal, a spread as
+"± 1.2", differences with a sign, a delta within noise marked so, and "-" where the grid has no
+such cell; the CSV keeps raw numbers (and any frame column that is not shown) so that pandas
+reads it without parsing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import pandas as pd
 from tabulate import DataRow, TableFormat
 
 MISSING = "-"
+NOISE = "within noise"
+# A value's companions in the frame, in their CSV order: its spread, and a pair column's delta
+# (always), the delta's spread and whether the delta is within noise. A num column has only the
+# spread. Each is a column where a row has it.
+SUFFIXES = ("_std", "_delta", "_delta_std", "_delta_noise")
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,30 @@ class Table:
 
     @classmethod
     def build(
-        cls, name: str, title: str, columns: list[Column], rows: list, notes: list[str]
+        cls,
+        name: str,
+        title: str,
+        columns: list[Column],
+        rows: list,
+        notes: list[str],
+        extra: tuple[str, ...] = (),
     ) -> Table:
-        """``rows``: (values by frame column, Row) pairs; values of no column are left out."""
-        keys = [
-            k for c in columns for k in ([c.key, f"{c.key}_delta"] if c.kind == "pair" else [c.key])
-        ]
+        """``rows``: (values by frame column, Row) pairs; values of no column are left out.
+        A column's optional companions (``SUFFIXES``) and the ``extra`` row-wide keys (after
+        the columns) are frame columns where any row has them; whole-number extras stay whole."""
+        present = {key for values, _ in rows for key in values}
+        keys = []
+        for c in columns:
+            keys.append(c.key)
+            for suffix in {"num": SUFFIXES[:1], "pair": SUFFIXES}.get(c.kind, ()):
+                wanted = suffix == "_delta" or c.key + suffix in present
+                keys += [c.key + suffix] if wanted else []
+        keys += [key for key in extra if key in present]
         frame = pd.DataFrame([values for values, _ in rows], columns=keys)
+        for key in (key for key in extra if key in present):
+            known = [values[key] for values, _ in rows if values.get(key) is not None]
+            if known and all(type(v) is int for v in known):
+                frame[key] = frame[key].astype("Int64")
         return cls(name, title, columns, frame, [row for _, row in rows], notes)
 
     def records(self) -> list[dict[str, Any]]:
@@ -72,24 +97,36 @@ class Table:
 
 @dataclass(frozen=True)
 class Cell:
-    """A cell as shown: its ``text``, a pair's signed ``delta`` (None without one), and whether
-    the text itself is a signed difference (the HTML report colours both by their sign)."""
+    """A cell as shown: its ``text``, a pair's signed ``delta`` (None without one), whether the
+    text itself is a signed difference (the HTML report colours both by their sign), and
+    whether the delta is within noise (``noise``: shown marked and uncoloured, never as an
+    effect)."""
 
     text: str
     delta: str | None = None
     signed: bool = False
     numeric: bool = True
+    noise: bool = False
 
     @property
     def missing(self) -> bool:
         return self.text == MISSING
 
     def __str__(self) -> str:
-        return self.text if self.delta is None else f"{self.text} ({self.delta})"
+        if self.delta is None:
+            return self.text
+        return (
+            f"{self.text} ({self.delta}, {NOISE})" if self.noise else f"{self.text} ({self.delta})"
+        )
 
 
 def _num(value: float | None) -> str:
     return MISSING if value is None else f"{value:.1f}"
+
+
+def _pm(std: float | None) -> str:
+    """A spread after its value, nothing without one."""
+    return "" if std is None else f" ± {std:.1f}"
 
 
 def _signed(value: float | None) -> str:
@@ -106,13 +143,18 @@ def cells(table: Table) -> list[list[Cell]]:
 
 
 def _cell(column: Column, values: dict[str, Any], signed: bool) -> Cell:
-    value = values[column.key]
+    key = column.key
+    value = values[key]
     if column.kind == "text":
         return Cell(MISSING if value is None else column.show(value), numeric=False)
+    std = None if value is None else values.get(f"{key}_std")
     if signed and column.kind == "num":
-        return Cell(_signed(value), signed=True)
-    delta = values.get(f"{column.key}_delta")
-    return Cell(_num(value), None if value is None or delta is None else _signed(delta))
+        return Cell(_signed(value) + _pm(std), signed=True)
+    text, delta = _num(value) + _pm(std), values.get(f"{key}_delta")
+    if value is None or delta is None:
+        return Cell(text)
+    shown = _signed(delta) + _pm(values.get(f"{key}_delta_std"))
+    return Cell(text, shown, noise=bool(values.get(f"{key}_delta_noise")))
 
 
 def _shown(table: Table, escape: Callable[[str], str] = str) -> pd.DataFrame:
@@ -149,7 +191,9 @@ def to_csv(table: Table) -> str:
 
 def _latex_number(text: str) -> str:
     # Real minus and plus signs instead of hyphens, an en dash for a missing cell.
-    return "--" if text == MISSING else re.sub(r"([+-])(?=\d)", r"$\1$", text)
+    if text == MISSING:
+        return "--"
+    return re.sub(r"([+-])(?=\d)", r"$\1$", text).replace("±", r"$\pm$")
 
 
 def to_latex(table: Table) -> str:
