@@ -12,12 +12,15 @@ base and a meta learner trained quickly (1 epoch each, small crops); else random
 
 In one process (``--threads``, default 2):
 
-1. planned: ``--seeds`` x ``--episodes`` episodes as ``hdmnet evaluate`` runs them
-   (``eval.cache_mb`` = ``--cache-mb``, batches of 16): wall time, time per 1000 episodes,
-   backbone passes per episode, peak bytes kept, prior-map reuse, encode/decode seconds;
-2. straightforward (``cache_mb=0``: every episode encodes its images afresh) on the first
+1. straightforward (``cache_mb=0``: every episode encodes its images afresh) on the first
    ``--straight-episodes`` episodes of the first seed: its time per 1000 episodes is
    EXTRAPOLATED from those (said so in the output);
+2. planned: ``--seeds`` x ``--episodes`` episodes as ``hdmnet evaluate`` runs them
+   (``eval.cache_mb`` = ``--cache-mb``, batches of 16): wall time, time per 1000 episodes,
+   backbone passes per episode, peak bytes kept, prior-map reuse, encode/decode seconds. With
+   ``--stub-decode`` (ResNet-50 on a shared 2-core machine: 10,000 decodings take hours) the
+   encoding runs in full and for real (passes, bytes kept, encode time are measured) while the
+   decoding is a stub; the decode time is then EXTRAPOLATED from the episodes of step 1;
 3. identity: planned and straightforward on ``--check-seeds`` x ``--check-episodes`` episodes:
    the integer counts of every meter must be identical (exit status 1 otherwise);
 4. one episode at a time (straightforward, batch 1) on the same episodes: mIoU within 0.05
@@ -29,6 +32,7 @@ Figures measured with it are in README.md ("Tests and benchmarks").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,7 @@ import yaml
 from hdmnet import layout
 from hdmnet.config import Params, load_params
 from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
-from hdmnet.model import HDMNet, build_hdmnet, load_checkpoint
+from hdmnet.model import HDMNet, HDMNetOutput, build_hdmnet, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_TRAINING = [
@@ -174,6 +179,34 @@ def miou(result: ProtocolResult, name: str = "final") -> float:
     return sum(values) / len(values)
 
 
+@contextlib.contextmanager
+def stubbed_decode(model: HDMNet, enabled: bool) -> Iterator[None]:
+    """Replace the decoding by zeros of the right shapes (the encoding side stays real)."""
+    if not enabled:
+        yield
+        return
+
+    def decode_codes(query: Any, supports: Any, *args: Any, **kwargs: Any) -> HDMNetOutput:
+        b, (h, w) = len(query), query.image_size
+        zeros = torch.zeros(b, 2, h, w)
+        corr = [torch.zeros(b, 1, 1) for _ in range(model.num_stages)]
+        return HDMNetOutput(zeros, zeros, torch.zeros(b, 16, h, w), None, corr)
+
+    def pair_priors(query: Any, supports: Any, pairs: Any = None) -> torch.Tensor:
+        return torch.zeros(len(pairs), 2, query.feat5.shape[-1])
+
+    model.decode_codes = decode_codes  # type: ignore[method-assign]
+    model.pair_priors = pair_priors  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.decode_codes, model.pair_priors
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def timed(fn: Any) -> tuple[ProtocolResult, float]:
     start = time.perf_counter()
     result = fn()
@@ -197,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--straight-episodes", type=int, default=48)
     parser.add_argument("--check-seeds", type=int, default=2)
     parser.add_argument("--check-episodes", type=int, default=48)
+    parser.add_argument(
+        "--stub-decode",
+        action="store_true",
+        help="planned run: encode for real, decode with a stub (time extrapolated)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -247,36 +285,51 @@ def run_all(
     print(
         f"model: {source}; {model.shot} shot(s), {args.size} px, fold {args.fold} "
         f"({queries} test list items), {len(seeds)} seeds x {episodes} episodes, "
-        f"cache {cache_mb} MB, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+        f"cache {cache_mb} MB, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+        f"load average {load()}",
         flush=True,
     )
     total = len(seeds) * episodes
 
-    # 1. The planned protocol, in full.
-    planned, planned_s = timed(
-        lambda: runner(model, params, args, cache_mb).run(seeds, episodes, desc="planned")
-    )
-    c = planned.cache
-    print(
-        f"planned:          {planned_s:8.1f} s for {total} episodes = "
-        f"{1000 * planned_s / total:7.1f} s per 1000 episodes; {c['backbone_passes']} backbone "
-        f"passes ({c['passes_per_episode']:.3f} per episode), encode {c['encode_seconds']:.1f} s, "
-        f"decode {c['decode_seconds']:.1f} s, peak kept {c['bytes'] / 2**20:.0f} MB, "
-        f"evictions {c['evictions']}, prior maps reused {c['prior_hits']} / computed "
-        f"{c['prior_misses']}; mIoU {miou(planned):.2f} (meta {miou(planned, 'meta'):.2f})",
-        flush=True,
-    )
-
-    # 2. The straightforward protocol on a reduced count, extrapolated.
+    # 1. The straightforward protocol on a reduced count, extrapolated.
     n = min(args.straight_episodes, episodes)
     straight, straight_s = timed(
         lambda: runner(model, params, args, 0).run(seeds[:1], n, desc="straightforward")
     )
     per_1000 = 1000 * straight_s / n
+    decode_per_episode = straight.cache["decode_seconds"] / n
     print(
         f"straightforward: {straight_s:8.1f} s for {n} episodes = {per_1000:7.1f} s per 1000 "
         f"episodes (EXTRAPOLATED from {n} episodes); {straight.cache['passes_per_episode']:.0f} "
-        f"backbone passes per episode",
+        f"backbone passes per episode; decoding {decode_per_episode:.3f} s per episode",
+        flush=True,
+    )
+
+    # 2. The planned protocol, in full (with --stub-decode: its encoding in full, the decoding
+    # replaced by a stub and its time extrapolated from the decoded episodes above).
+    with stubbed_decode(model, args.stub_decode):
+        planned, planned_s = timed(
+            lambda: runner(model, params, args, cache_mb).run(seeds, episodes, desc="planned")
+        )
+    c = planned.cache
+    note = ""
+    if args.stub_decode:
+        planned_s = c["encode_seconds"] + decode_per_episode * total
+        note = (
+            f" (encoding measured in full: {c['encode_seconds']:.1f} s; decoding EXTRAPOLATED: "
+            f"{total} x {decode_per_episode:.3f} s from the straightforward run)"
+        )
+    print(
+        f"planned:          {planned_s:8.1f} s for {total} episodes = "
+        f"{1000 * planned_s / total:7.1f} s per 1000 episodes{note}; {c['backbone_passes']} "
+        f"backbone passes ({c['passes_per_episode']:.3f} per episode), encode "
+        f"{c['encode_seconds']:.1f} s, peak kept {c['bytes'] / 2**20:.0f} MB, evictions "
+        f"{c['evictions']}, prior maps reused {c['prior_hits']} / computed {c['prior_misses']}"
+        + (
+            ""
+            if args.stub_decode
+            else f"; mIoU {miou(planned):.2f} (meta {miou(planned, 'meta'):.2f})"
+        ),
         flush=True,
     )
     ratio = per_1000 / (1000 * planned_s / total)
@@ -300,6 +353,7 @@ def run_all(
         f"(limit 0.05)",
         flush=True,
     )
+    print(f"load average at the end: {load()} (2 cores, shared)", flush=True)
     return {
         "source": source,
         "shot": model.shot,
@@ -312,7 +366,9 @@ def run_all(
         "planned_seconds": planned_s,
         "planned_s_per_1000": 1000 * planned_s / total,
         "planned_cache": planned.cache,
-        "planned_miou": miou(planned),
+        "planned_miou": None if args.stub_decode else miou(planned),
+        "stub_decode": args.stub_decode,
+        "decode_s_per_episode": decode_per_episode,
         "straightforward_episodes": n,
         "straightforward_seconds": straight_s,
         "straightforward_s_per_1000_extrapolated": per_1000,

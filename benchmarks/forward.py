@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -52,6 +53,11 @@ from hdmnet.model.optim import build_hdmnet_optimizer
 
 # Official code measured side by side with ours in issue 14 (2 threads, ResNet-50, 473 px).
 OFFICIAL_EVAL_S = {1: 5.03, 5: 18.2}
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages: other processes on the machine skew wall times."""
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def make_episode(batch: int, shots: int, size: int, device: torch.device) -> dict[str, Any]:
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         f"HDMNet {args.mode} cost: backbone {args.backbone}, {args.size}x{args.size}, device "
         f"{device}, {args.threads} threads, {args.reps} interleaved repetitions, torch "
         f"{torch.__version__}; reference = official forward (benchmarks/official_style.py, "
-        f"{grad})",
+        f"{grad}); load average {load()}",
         flush=True,
     )
     rows = []
@@ -448,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         row = run_shots(args, shots, device)
         rows.append(row)
         print(format_row(args, row), flush=True)
+    print(f"load average at the end: {load()} (2 cores, shared)")
     if args.json:
         write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
 

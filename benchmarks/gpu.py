@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"HDMNet throughput on {args.device}, torch {torch.__version__}; variants "
         f"{', '.join(args.variants)}; train batch {args.train_batch}, eval batch "
-        f"{args.eval_batch}; budget {args.budget:.0f} s",
+        f"{args.eval_batch}; budget {args.budget:.0f} s; load average "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}",
         flush=True,
     )
     result = run(args)
