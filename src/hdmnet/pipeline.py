@@ -28,13 +28,14 @@ from typing import Any
 import yaml
 
 from hdmnet import layout
-from hdmnet.config import Params
+from hdmnet.config import Params, overrides_mapping
 from hdmnet.fileio import write_text
 from hdmnet.tracking import end_parent_run, start_parent_run
 
 RESOLVED_DIR = Path(".snakemake/hdmnet-params")
 RESOLVED_ENV = "HDMNET_RESOLVED_PARAMS"  # the workflow's shell commands read the file's name here
 INCOMPLETE_DIR = Path(".snakemake/incomplete")
+OVERRIDES_DIR = Path(".snakemake/hdmnet-overrides")
 # The parent run this process started (Snakemake's onstart) and when: onsuccess/onerror end it.
 _PARENT: dict[str, Any] = {}
 
@@ -57,6 +58,16 @@ def write_resolved_params(params: Params) -> Path:
     return path
 
 
+def write_overrides(overrides: list[str]) -> Path:
+    """``key=value`` overrides as a config file for Snakemake's ``--configfile`` (named by its
+    content's digest, so that concurrent invocations never share one)."""
+    text = yaml.safe_dump(overrides_mapping(overrides), sort_keys=True)
+    path = OVERRIDES_DIR / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists():
+        write_text(path, text)
+    return path
+
+
 def final_targets(params: Params) -> list[str]:
     """What ``rule all`` (and ``dvc repro``) must produce."""
     targets = [str(layout.metrics_file(params, run)) for run in layout.all_runs(params)]
@@ -64,8 +75,15 @@ def final_targets(params: Params) -> list[str]:
     return targets
 
 
-def run_workflow(params_file: Path, cores: int, profile: str = "workflow/profiles/default") -> int:
-    """Run the Snakemake workflow (the main job); returns Snakemake's exit code.
+def run_workflow(
+    files: list[Path],
+    overrides: list[str],
+    cores: int,
+    profile: str = "workflow/profiles/default",
+) -> int:
+    """Run the Snakemake workflow (the main job) on params.yaml with ``files`` and ``key=value``
+    ``overrides`` layered over it (as ``resolve_params`` layers them); returns Snakemake's exit
+    code.
 
     When there is work to do, the jobs of this invocation share one MLflow parent run (made by
     the workflow's onstart handler). A second run with nothing to do only asks Snakemake and
@@ -77,8 +95,10 @@ def run_workflow(params_file: Path, cores: int, profile: str = "workflow/profile
     # An interrupted run (Ctrl-C, a killed job) leaves incomplete outputs: rerun those jobs.
     command = [sys.executable, "-m", "snakemake", "--profile", profile, "--cores", str(cores)]
     command.append("--rerun-incomplete")
-    if Path(params_file).resolve() != Path("params.yaml").resolve():
-        command += ["--configfile", str(params_file)]
+    for path in files:
+        command += ["--configfile", str(path)]
+    if overrides:
+        command += ["--configfile", str(write_overrides(overrides))]
     dry = subprocess.run(
         [*command, "--dry-run", "--quiet", "rules"], env=env, capture_output=True, text=True
     )

@@ -6,7 +6,9 @@ import os
 from hdmnet import identity, layout, pipeline
 from hdmnet.config import BACKBONES, DATASETS, VARIANT_NAME, from_mapping
 
-PARAMS = from_mapping(config, source="snakemake config")
+PARAMS = from_mapping(config, source="snakemake config").with_overrides(
+    [OVERRIDES] if isinstance(OVERRIDES, str) else OVERRIDES
+)
 # Jobs read the merged configuration (params.yaml + --configfile + --config) from a file named
 # by its content's digest, written by `onstart` (a real run, under Snakemake's lock), never at
 # parse time or by a dry run. Shell commands read its name from the environment (every
