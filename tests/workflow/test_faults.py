@@ -219,7 +219,9 @@ def test_an_imported_base_learner_is_used_instead_of_training_one(tree):
     done = run(tree, [sys.executable, "-m", "hdmnet.cli", "import-base", str(bam), *grid])
     assert done.returncode == 0, done.stderr[-2000:]
     installed = torch.load(folder / "best.pth", weights_only=True)
-    assert installed["meta"]["identity"] == identity.base_learner(params, "pascal", "small", 0)
+    assert installed["meta"]["identity"] == identity.base_learner(
+        params, BaseRun("pascal", "small", 0, 321)
+    )
     assert installed["meta"]["imported"]["path"] == str(bam)
     record = json.loads((folder / "record.json").read_text())
     assert (
