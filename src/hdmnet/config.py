@@ -27,7 +27,7 @@ import jsonschema
 import yaml
 
 from hdmnet.errors import HdmnetError
-from hdmnet.identity import STAGE_KEYS
+from hdmnet.identity import STAGE_KEYS, lookup
 
 SCHEMA_RESOURCE = "params.schema.yaml"
 DEFAULT_PARAMS_FILE = Path("params.yaml")
@@ -273,7 +273,7 @@ def resolve_params(
     for path in layers:
         raw = merge_params(raw, read_params_file(path))
     if not base.exists():
-        missing = [key for key in leaf_keys(schema()) if _lookup_missing(raw, key)]
+        missing = [key for key in leaf_keys(schema()) if _lookup(raw, key, _ABSENT) is _ABSENT]
         if missing:
             shown = ", ".join(missing[:8]) + (
                 f" and {len(missing) - 8} more" if len(missing) > 8 else ""
@@ -329,13 +329,6 @@ def leaf_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def _lookup_missing(raw: Mapping[str, Any], dotted: str) -> bool:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return True
-        node = node[part]
-    return False
 
 
 def overrides_mapping(overrides: Iterable[str]) -> dict[str, Any]:
@@ -454,13 +447,15 @@ def _check_variants(params: Params, source: str) -> None:
             )
 
 
-def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+_ABSENT = object()
+
+
+def _lookup(raw: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """The value at a dotted key, ``default`` where the key (or a parent) is absent."""
+    try:
+        return lookup(dict(raw), dotted)
+    except (KeyError, TypeError):
+        return default
 
 
 def validate(data: Mapping[str, Any], source: str = "params") -> None:
