@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	@touch $@
 
+# Also the offline page template of `dvc plots show` (.dvc/config names it; git-ignored, so
+# written here rather than committed): vega inlined, no CDN. Quick and idempotent.
 install: $(STAMP)
+	@$(BIN)/python -m hdmnet.dvc_params --plots-template
 
 demo: install
 	$(BIN)/hdmnet demo

@@ -13,6 +13,13 @@ cluster profile) is one MLflow parent run: ``onstart`` starts it (``workflow_sta
 its id reaches every job through the environment; ``onsuccess``/``onerror`` attach the tables,
 figures and report that the invocation wrote and end it (``workflow_finished``). An invocation
 with nothing to do runs no handler and makes no run.
+
+DVC runs the same stage graph (dvc.yaml) but knows only what dvc.lock records: after a Snakemake
+run without it, ``dvc status`` lists every stage as changed and ``dvc repro`` would redo them.
+``hdmnet demo`` therefore records a successful run in dvc.lock (``record_in_dvc``: ``dvc
+commit``, which also moves the outputs into DVC's cache, so that ``dvc exp run`` can check them
+out). .dvc/config links cached files back by hardlink, keeping each file's inode and mtime: with
+the default copy, the committed outputs got new mtimes and Snakemake then reran the report.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 import yaml
 
 from hdmnet import layout
-from hdmnet.config import Params, overrides_mapping
+from hdmnet.config import Params, overrides_mapping, resolve_params
 from hdmnet.fileio import write_text
 from hdmnet.tracking import end_parent_run, start_parent_run
 
@@ -36,6 +43,7 @@ RESOLVED_DIR = Path(".snakemake/hdmnet-params")
 RESOLVED_ENV = "HDMNET_RESOLVED_PARAMS"  # the workflow's shell commands read the file's name here
 INCOMPLETE_DIR = Path(".snakemake/incomplete")
 OVERRIDES_DIR = Path(".snakemake/hdmnet-overrides")
+DVC_LOCK = Path("dvc.lock")
 # The parent run this process started (Snakemake's onstart) and when: onsuccess/onerror end it.
 _PARENT: dict[str, Any] = {}
 
@@ -86,8 +94,9 @@ def run_workflow(
     code.
 
     When there is work to do, the jobs of this invocation share one MLflow parent run (made by
-    the workflow's onstart handler). A second run with nothing to do only asks Snakemake and
-    returns.
+    the workflow's onstart handler), and a successful run is recorded in dvc.lock
+    (``record_in_dvc``). A second run with nothing to do only asks Snakemake and returns (and
+    records the results in DVC if dvc.lock does not exist yet).
     """
     env = dict(os.environ)
     # Rules call `hdmnet`: make the interpreter's bin folder (the venv) visible to them.
@@ -106,13 +115,55 @@ def run_workflow(
         sys.stderr.write(dry.stdout + dry.stderr)
         return dry.returncode
     if "Nothing to be done" in dry.stdout + dry.stderr or not dry.stdout.strip():
+        if not DVC_LOCK.exists():
+            record_in_dvc(files, overrides)
         return 0
     if INCOMPLETE_DIR.is_dir() and any(INCOMPLETE_DIR.iterdir()):
         print(
             "hdmnet demo: continuing an interrupted run; its unfinished jobs run again",
             file=sys.stderr,
         )
-    return subprocess.call(command, env=env)
+    code = subprocess.call(command, env=env)
+    if code == 0:
+        record_in_dvc(files, overrides)
+    return code
+
+
+def record_in_dvc(files: list[Path], overrides: list[str]) -> bool:
+    """Record the results of a finished run in dvc.lock (``dvc commit``), so that ``dvc status``
+    is clean and ``dvc repro`` has nothing to do. Only in a DVC project and only for the
+    parameters of params.yaml itself: DVC compares each stage's parameters with params.yaml, so
+    a run with other values (``--params``, ``-s``) would be recorded under values it did not
+    use. Prints what it did or why not; a failure is a warning, the run stays a success.
+    Returns whether dvc.lock was written."""
+    if not (Path("dvc.yaml").is_file() and Path(".dvc").is_dir()):
+        return False
+    if resolve_params(files, overrides).to_dict() != resolve_params().to_dict():
+        print(
+            "hdmnet demo: dvc.lock not updated: this run's parameters differ from params.yaml, "
+            "which is what DVC compares with (`dvc status` lists the changed stages; `dvc exp "
+            "run -S KEY=VALUE` runs an override under DVC)",
+            file=sys.stderr,
+        )
+        return False
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "commit", "--force", "--quiet"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        print(
+            f"hdmnet demo: warning: `dvc commit` failed, dvc.lock not updated:\n"
+            f"{(done.stdout + done.stderr).strip()}\n(`python -m hdmnet.dvc_params --check` "
+            "checks params.yaml and dvc.yaml; then `dvc commit -f` records the results)",
+            file=sys.stderr,
+        )
+        return False
+    print(f"hdmnet demo: results recorded in {DVC_LOCK} for DVC (dvc commit, {seconds:.1f} s)")
+    return True
 
 
 def workflow_started(params: Params) -> str | None:

@@ -36,7 +36,7 @@ def test_aggregate_default_preset_writes_every_file_with_the_right_numbers(defau
     written = aggregate(default_grid)
     out = layout.tables_dir(default_grid)
     expected = {f"{n}.{e}" for n in ("main", "ablation", "paper") for e in ("md", "csv", "tex")}
-    assert {p.name for p in written} == expected | {"provenance.json"}
+    assert {p.name for p in written} == expected | {"provenance.json", "metrics.json"}
     assert all(p.parent == out and p.stat().st_size > 0 for p in written)
 
     main = pd.read_csv(out / "main.csv")

@@ -44,7 +44,7 @@ def test_tables_and_report_render_with_torch_blocked(project_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     count, page = result.stdout.split()
-    assert int(count) == 10  # 3 tables x (md, csv, tex) and provenance.json
+    assert int(count) == 11  # 3 tables x (md, csv, tex), provenance.json and metrics.json
     text = Path(page).read_text(encoding="utf-8")
     assert '<table data-table="main">' in text and '<table data-table="ablation">' in text
     assert text.count('<img src="data:image/jpeg;base64,') == 2  # a grid and a correlation map

@@ -290,17 +290,26 @@ def test_paper_graph_has_no_generator(graphs):
 
 
 def test_metrics_plots_and_caching(graphs):
+    """One metrics file, aggregate's compact metrics.json (on e02a155 every evaluation record
+    was a metrics file: `dvc metrics show` printed 169 columns per record); the records are
+    plain cached outputs."""
     stages, _, _ = graphs["default"]
+    metrics = []
     for stage in stages:
         for path, out in stage.outs.items():
             assert out["cache"], f"{stage.name}: {path} is not cached"
-            if stage.group.startswith("evaluate"):
-                assert out["metric"] and path.endswith(".json"), path
+            if out["metric"]:
+                metrics.append((stage.name, path))
             elif path.endswith("record.json"):
                 assert stage.group.startswith("train")
                 assert out["plot"] == {"x": "epoch", "y": "val_miou"}, path
             else:
-                assert not out["metric"] and not out["plot"], path
+                assert not out["plot"], path
+    assert metrics == [("aggregate", "results/tables/metrics.json")]
+    evaluations = [s for s in stages if s.group.startswith("evaluate")]
+    assert evaluations and all(
+        len(s.outs) == 1 and next(iter(s.outs)).startswith("results/metrics/") for s in evaluations
+    )
     records = [p for s in stages if s.group.startswith("train") for p in s.outs]
     assert sum(p.endswith("record.json") for p in records) == sum(
         s.group.startswith("train") for s in stages
@@ -392,6 +401,157 @@ def test_grids_dvc_cannot_express_are_refused(tmp_path):
     assert not (tmp_path / "params.yaml").exists()
 
 
+# --- what DVC shows: the metrics file, offline plots --------------------------------------------
+
+
+def test_metrics_file_is_a_handful_of_the_tables_numbers(tmp_path):
+    """aggregate's metrics.json, dvc.yaml's one metrics file: per main setting the final
+    output's mean mIoU and FB-IoU (the main table's) and the meta output's mean mIoU, per
+    ablation variant its mean and delta (the ablation table's): 20 values for the default
+    grid, where the records as metrics gave `dvc metrics show` 169 columns each."""
+    import pandas as pd
+    from tests.report.fixtures_records import default_params, write_grid
+
+    from hdmnet import layout
+    from hdmnet.layout import Run
+    from hdmnet.report.build import METRICS_FILE, aggregate
+
+    params = default_params(ROOT, tmp_path)
+    write_grid(params, training=False)
+    out = layout.tables_dir(params)
+    assert out / METRICS_FILE in aggregate(params)
+    summary = json.loads((out / METRICS_FILE).read_text())
+
+    def leaves(node: dict) -> list[float]:
+        return [x for v in node.values() for x in (leaves(v) if isinstance(v, dict) else [v])]
+
+    assert len(leaves(summary)) == 2 * 3 + 7 * 2
+    assert all(isinstance(v, float) for v in leaves(summary))
+    main = pd.read_csv(out / "main.csv").set_index("shot")
+    assert set(summary["main"]) == {"pascal-small-1shot", "pascal-small-5shot"}
+    for shot in (1, 5):
+        entry = summary["main"][f"pascal-small-{shot}shot"]
+        assert entry["miou"] == pytest.approx(main.loc[shot, "mean"], abs=0.005)
+        assert entry["fbiou"] == pytest.approx(main.loc[shot, "fbiou"], abs=0.005)
+        records = [
+            json.loads(
+                layout.metrics_file(
+                    params, Run("pascal", "small", "full", f, shot, 321)
+                ).read_text()
+            )
+            for f in params.grid.folds
+        ]
+        meta = sum(r["outputs"]["meta"]["miou"] for r in records) / len(records)
+        assert entry["meta_miou"] == pytest.approx(meta, abs=0.005)
+    ablation = pd.read_csv(out / "ablation.csv")
+    variants = {s: v for setting in summary["ablation"].values() for s, v in setting.items()}
+    assert set(variants) == set(ablation["variant"]) - {"full"}
+    for row in ablation[ablation["variant"] != "full"].itertuples():
+        entry = summary["ablation"][f"pascal-small-{row.shot}shot"][row.variant]
+        assert entry == pytest.approx({"miou": row.mean, "delta": row.mean_delta}, abs=0.005)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Headless, and no network at all: every proxied request is refused and no name resolves.
+BROWSER = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--proxy-server=http://127.0.0.1:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--virtual-time-budget=10000",  # let vega-embed finish drawing before the dump
+]
+
+
+def browse(tmp: Path, page: Path, *args: str) -> str:
+    done = subprocess.run(
+        [CHROMIUM, *BROWSER, f"--user-data-dir={tmp / 'chromium'}", *args, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_plots_template_inlines_the_vega_libraries_dvc_asks_for(tmp_path):
+    wanted = dvc_params.dvc_vega_versions()
+    assert set(wanted) == {"vega", "vega-lite", "vega-embed"}
+    path = tmp_path / "template.html"
+    assert dvc_params.write_plots_template(path)
+    assert not dvc_params.write_plots_template(path)  # unchanged: not written again
+    text = path.read_text()
+    assert "{plot_divs}" in text and "{refresh_tag}" in text
+    assert "{scripts}" not in text and "<script src" not in text and "cdn." not in text
+    inlined = re.findall(r"^/\* (vega(?:-lite|-embed)?) (\d+)\.[\d.]+$", text, re.M)
+    assert inlined == [
+        (lib, wanted[lib].split(".")[0]) for lib in ("vega", "vega-lite", "vega-embed")
+    ]
+    assert text.count("<script>") == 3 and text.count("</script>") == 3
+
+
+def test_dvc_plots_show_renders_offline_in_headless_chromium(tmp_path):
+    """`dvc plots show` with the project's .dvc/config and the template `make install` writes
+    draws the training curve with the network off; DVC's own page (vega from its CDN, as on
+    e02a155) stays blank."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (scripts/ensure_test_tools.sh installs it)")
+    from dvc.repo import Repo
+    from dvc_render.html import PAGE_HTML
+
+    project = tmp_path / "project"
+    Repo.init(str(project), no_scm=True).close()
+    shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")
+    dvc_params.write_plots_template(project / dvc_params.PLOTS_TEMPLATE)
+    epochs = [{"epoch": e, "loss": 1.0 / (e + 1), "val_miou": 10.0 + 3 * e} for e in range(6)]
+    (project / "record.json").write_text(json.dumps({"epochs": epochs}))
+    (project / "dvc.yaml").write_text(
+        "plots:\n  - record.json:\n      x: epoch\n      y: val_miou\n"
+    )
+    (tmp_path / "cdn.html").write_text(PAGE_HTML)
+    run(project, sys.executable, "-m", "dvc", "plots", "show")
+    cdn = ("--html-template", str(tmp_path / "cdn.html"), "-o", "cdn")
+    run(project, sys.executable, "-m", "dvc", "plots", "show", *cdn)
+    page, default = project / "dvc_plots" / "index.html", project / "cdn" / "index.html"
+    assert "<script src" not in page.read_text() and "cdn.jsdelivr.net" in default.read_text()
+
+    drawn = browse(tmp_path, page, "--dump-dom")
+    assert re.search(r'<canvas width="\d+" height="\d+" class="marks"', drawn)
+    assert "<canvas" not in browse(tmp_path, default, "--dump-dom")
+    import numpy as np
+    from PIL import Image
+
+    shot = tmp_path / "plot.png"
+    browse(tmp_path, page, f"--screenshot={shot}", "--window-size=800,600")
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    inked = (pixels.min(axis=2) < 200).mean()  # axes, ticks, labels and the line
+    assert 0.005 < inked < 0.5
+
+
+def test_the_demo_records_its_run_in_dvc_only_with_params_yaml_values(
+    tmp_path, monkeypatch, capsys
+):
+    from hdmnet.pipeline import record_in_dvc
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")
+    assert record_in_dvc([], []) is False  # not a DVC project: nothing said or done
+    assert capsys.readouterr().err == ""
+    from dvc.repo import Repo
+
+    Repo.init(".", no_scm=True).close()
+    Path("dvc.yaml").write_text("stages: {}\n")
+    assert record_in_dvc([], ["meta.pascal.epochs=6"]) is False
+    assert "dvc.lock not updated: this run's parameters differ" in capsys.readouterr().err
+    # An override equal to params.yaml's own value is params.yaml's run: recorded.
+    assert record_in_dvc([], ["meta.pascal.epochs=5"]) is True
+    assert "results recorded in dvc.lock for DVC (dvc commit, " in capsys.readouterr().out
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 REDUCED = {
@@ -432,6 +592,7 @@ def test_dvc_repro_and_experiments_end_to_end(tmp_path):
     run(root, "git", "config", "user.email", "test@example.com")
     run(root, "git", "config", "user.name", "test")
     run(root, sys.executable, "-m", "dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the project's settings
     dvc = (sys.executable, "-m", "dvc")
 
     everything = {s for s in ran(run(root, *dvc, "repro"))}
@@ -445,7 +606,9 @@ def test_dvc_repro_and_experiments_end_to_end(tmp_path):
     noop = time.perf_counter() - started
     print(f"no-op dvc repro of {len(everything)} stages: {noop:.1f} s")
     metrics = json.loads(run(root, *dvc, "metrics", "show", "--json"))
-    assert metrics  # evaluation records are readable as metrics
+    (shown,) = metrics.values()  # the workspace: one file, a handful of numbers
+    assert list(shown["data"]) == ["results/tables/metrics.json"]
+    assert set(shown["data"]["results/tables/metrics.json"]["data"]) == {"main", "ablation"}
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "baseline")
 
@@ -472,4 +635,5 @@ def test_dvc_repro_and_experiments_end_to_end(tmp_path):
     assert len(exps) == 2
     for exp in exps:  # the metrics of every experiment are readable (from the cache)
         values = exp["data"]["metrics"]
-        assert all("miou" in v.get("data", {}) for v in values.values()), values
+        assert list(values) == ["results/tables/metrics.json"], values
+        assert "pascal-small-1shot" in values["results/tables/metrics.json"]["data"]["main"]

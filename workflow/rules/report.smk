@@ -27,6 +27,9 @@ rule aggregate:
             if (name, ext) != ("main", "md")
         ],
         provenance=TABLES / "provenance.json",
+        # The compact metrics (mean mIoU, FB-IoU per setting, ablation deltas): dvc.yaml's one
+        # metrics file, what `dvc metrics show` and `dvc exp show` print.
+        metrics=TABLES / "metrics.json",
     log:
         "logs/aggregate.log",
     conda:

@@ -19,11 +19,15 @@ from hdmnet.progress import progress
 from hdmnet.report import collect, figures, html, provenance, tables, variants
 from hdmnet.report.collect import Metrics, load_external, load_metrics
 from hdmnet.report.paper import backbone_name, compare_with_paper, data_name
+from hdmnet.report.spread import mean
 from hdmnet.report.table import FORMATS, Table, to_markdown
 
 # Episodes per qualitative grid: enough to see the behaviour, small enough for the HTML size.
 QUALITATIVE_EPISODES = 4
 PHOTOS = {"qualitative", "correlation"}  # figures of images, embedded as JPEG
+
+# The compact metrics file in the tables folder: dvc.yaml declares it as the one metrics file.
+METRICS_FILE = "metrics.json"
 
 Predictions = Callable[[Run, int], list[EpisodeView]]
 Training = dict[Run, dict[str, Any] | None]
@@ -61,13 +65,63 @@ def render_tables(
 
 
 def aggregate(params: Params) -> list[Path]:
-    """Write the tables and provenance.json to the tables folder; return the paths written.
-    Every metrics record of the grid must exist; external checkpoints' records are added."""
+    """Write the tables, provenance.json and the compact metrics file (``METRICS_FILE``, what
+    DVC shows) to the tables folder; return the paths written. Every metrics record of the grid
+    must exist; external checkpoints' records are added to the tables."""
     out = layout.tables_dir(params)
-    texts = render_tables(params, load_metrics(params), *load_external(params))
+    metrics = load_metrics(params)
+    texts = render_tables(params, metrics, *load_external(params))
+    texts[METRICS_FILE] = json.dumps(metrics_summary(params, metrics), indent=2) + "\n"
     for name, text in texts.items():
         write_text(out / name, text)
     return [out / name for name in texts]
+
+
+def metrics_summary(params: Params, metrics: dict[Run, Metrics]) -> dict[str, Any]:
+    """The handful of numbers `dvc metrics show` and `dvc exp show` print (dvc.yaml's one
+    ``metrics:`` file), instead of whole records (configuration, hashes, per-class IoUs: 169
+    columns each). ``main``: per setting of the main table (``<dataset>-<backbone>-<k>shot``)
+    the mean mIoU and FB-IoU of the final output, as the table has them, and the meta output's
+    mean mIoU, averaged the same way (over the folds, then the training seeds). ``ablation``:
+    per ablation setting and variant its mean mIoU and its delta to the full model, as in the
+    ablation table. In %, rounded to 2 decimals; a value the grid does not have is left out."""
+    main, ablation = tables.main_table(params, metrics), tables.ablation_table(params, metrics)
+    summary: dict[str, dict[str, Any]] = {"main": {}, "ablation": {}}
+    for values, row in zip(main.records(), main.rows, strict=True):
+        if row.role == "ours":
+            values["meta"] = _meta_mean(params, metrics, values)
+            keys = {"miou": "mean", "fbiou": "fbiou", "meta_miou": "meta"}
+            summary["main"][_setting_key(values)] = _rounded(values, keys)
+    for values, row in zip(ablation.records(), ablation.rows, strict=True):
+        if row.role != "full":
+            found = _rounded(values, {"miou": "mean", "delta": "mean_delta"})
+            summary["ablation"].setdefault(_setting_key(values), {})[row.role] = found
+    return {part: found for part, found in summary.items() if found}
+
+
+def _setting_key(values: dict[str, Any]) -> str:
+    return "{dataset}-{backbone}-{shot}shot".format(**values)
+
+
+def _rounded(values: dict[str, Any], keys: dict[str, str]) -> dict[str, float]:
+    """``name: values[key]`` for each ``keys`` item whose value is present, to 2 decimals."""
+    return {
+        name: round(float(values[key]), 2) for name, key in keys.items() if values[key] is not None
+    }
+
+
+def _meta_mean(
+    params: Params, metrics: dict[Run, Metrics], setting: dict[str, Any]
+) -> float | None:
+    """The full model's meta-output mIoU in one main-table setting: per training seed the mean
+    over the folds run, then over the seeds (how the main table averages the final output)."""
+    cell = {key: setting[key] for key in ("dataset", "backbone", "shot")}
+    per_seed = []
+    for seed in params.grid.train_seeds:
+        runs = (Run(**cell, variant="full", fold=fold, seed=seed) for fold in params.grid.folds)
+        found = [metrics[run].record for run in runs if run in metrics]
+        per_seed.append(mean(rec.get("outputs", {}).get("meta", {}).get("miou") for rec in found))
+    return mean(per_seed)
 
 
 def render_main_markdown(params: Params) -> str:
