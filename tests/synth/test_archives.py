@@ -258,6 +258,7 @@ def test_config_from_dict_round_trip(small_config) -> None:
 
     values = dataclasses.asdict(small_config)
     values["image_side_range"] = list(values["image_side_range"])
+    values["voc_side_range"] = list(values["voc_side_range"])
     assert SynthConfig.from_dict(values) == small_config
     with pytest.raises(ValueError, match=r"unknown SynthConfig keys \['voc_tain'\]"):
         SynthConfig.from_dict({"voc_tain": 3})

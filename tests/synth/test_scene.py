@@ -11,7 +11,13 @@ from pycocotools import mask as mask_utils
 
 from hdmnet.data.synth import SynthConfig
 from hdmnet.data.synth.coco import coco_groups, polygons_of, uncompressed_rle
-from hdmnet.data.synth.looks import SHAPES, TEXTURES, ClassLook, make_looks
+from hdmnet.data.synth.looks import (
+    SHAPES,
+    TEXTURES,
+    ClassLook,
+    make_grid_looks,
+    make_looks,
+)
 from hdmnet.data.synth.scene import (
     ObjectSpec,
     border_band,
@@ -47,6 +53,40 @@ def test_looks_sharing_a_hue_differ_in_texture_shape_and_tone() -> None:
         assert first.shape != second.shape
         # Bright band (value >= 0.78) then dark band (value <= 0.62).
         assert first.value >= 0.78 > 0.62 >= second.value
+
+
+def _hue_gap(a: float, b: float) -> float:
+    return min(abs(a - b) % 360.0, 360.0 - abs(a - b) % 360.0)
+
+
+def test_grid_looks_make_each_novel_class_new_in_hue_or_tone() -> None:
+    looks = make_grid_looks(np.random.default_rng(3), groups=4, group_size=5)
+    assert len(looks) == 20
+    hues = sorted({round(look.hue, 6) for look in looks})
+    assert len(hues) == 10
+    steps = [_hue_gap(a, b) for a, b in zip(hues, hues[1:] + hues[:1], strict=True)]
+    assert steps == pytest.approx([36.0] * 10)
+    bright = [look.value >= 0.85 for look in looks]
+    assert all(0.85 <= look.value <= 0.95 or 0.35 <= look.value <= 0.45 for look in looks)
+    assert sum(bright) == 10
+    group = [i // 5 for i in range(20)]
+    for i, a in enumerate(looks):
+        twins = [j for j, b in enumerate(looks) if j != i and round(b.hue, 6) == round(a.hue, 6)]
+        # Each hue is one bright and one dark class, in different fold groups.
+        assert len(twins) == 1 and bright[twins[0]] != bright[i] and group[twins[0]] != group[i]
+        for j, b in enumerate(looks):
+            if group[j] == group[i] and j != i:
+                assert _hue_gap(a.hue, b.hue) >= 72.0 - 1e-6  # a group's classes stay apart
+            elif group[j] != group[i]:
+                # Every base class differs from this one in tone or by a whole hue step.
+                assert bright[j] != bright[i] or _hue_gap(a.hue, b.hue) >= 36.0 - 1e-6
+    # Both tones and every hue are base classes in every fold.
+    for novel in range(4):
+        base = [looks[i] for i in range(20) if group[i] != novel]
+        assert {round(look.hue, 6) for look in base} == set(hues)
+        assert {look.value >= 0.85 for look in base} == {True, False}
+    with pytest.raises(ValueError, match="even number of groups"):
+        make_grid_looks(np.random.default_rng(0), groups=3, group_size=5)
 
 
 def test_class_weights_imbalanced_with_top_class() -> None:
@@ -134,6 +174,14 @@ def test_every_shape_and_texture_renders(shape: str) -> None:
         assert (scene.semantic() == 1).sum() >= 2100
         pixels = scene.image[scene.inst == 1].astype(float)
         assert pixels.std(axis=0).max() > 5  # textured, not flat
+    spread = {}
+    for texture in ("flat", "stripes"):
+        look = ClassLook(shape, 5, 0.5, 1.2, texture, 8.0, 0.3, 100.0, 0.8, 0.8, "dark", 0.9)
+        scene = render_scene(
+            np.random.default_rng(5), (180, 200), [ObjectSpec(1, True)], [look], 2100, 3
+        )
+        spread[texture] = scene.image[scene.inst == 1].astype(float).std(axis=0).max()
+    assert spread["flat"] < 0.5 * spread["stripes"]  # shading and grain only
 
 
 def test_polygons_rasterise_back_to_the_mask() -> None:
@@ -180,6 +228,7 @@ def test_uncompressed_rle_matches_pycocotools() -> None:
     ("changes", "message"),
     [
         ({"image_side_range": (200, 100)}, "image_side_range"),
+        ({"voc_side_range": (32, 100)}, "voc_side_range"),
         ({"jpeg_quality": 0}, "jpeg_quality"),
         ({"voc_train": -1}, "voc_train must be >= 0"),
         ({"sbd_from_voc_train": 400}, "sbd_from_voc_train=400 exceeds voc_train=300"),

@@ -18,7 +18,10 @@ class SynthConfig:
     """
 
     seed: int = 0
-    image_side_range: tuple[int, int] = (160, 320)
+    image_side_range: tuple[int, int] = (160, 320)  # COCO 2014
+    # PASCAL images are drawn near the demo's 129 px input, so class textures survive the resize
+    # and base-learner crops see objects at the scale they are tested at.
+    voc_side_range: tuple[int, int] = (128, 224)
     jpeg_quality: int = 90
     # PASCAL VOC 2012 segmentation sets and SBD.
     voc_train: int = 300
@@ -43,9 +46,10 @@ class SynthConfig:
     class_imbalance: float = 0.8  # Zipf exponent of the class frequencies
 
     def __post_init__(self) -> None:
-        lo, hi = self.image_side_range
-        if not 64 <= lo < hi:
-            raise ValueError(f"image_side_range must be (lo, hi) with 64 <= lo < hi, got {lo, hi}")
+        for name in ("image_side_range", "voc_side_range"):
+            lo, hi = getattr(self, name)
+            if not 64 <= lo < hi:
+                raise ValueError(f"{name} must be (lo, hi) with 64 <= lo < hi, got {lo, hi}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         counts = {

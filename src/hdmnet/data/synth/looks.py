@@ -1,8 +1,12 @@
 """Class appearances and the painting of objects and backgrounds.
 
-Every class gets a distinct (texture, hue) cell, so any two classes differ in texture family or in
-hue by at least one hue bin; classes sharing a hue bin also differ in tone and shape (see
-``make_looks``). Texture periods are coarse enough to survive the demo's downscaling to 129 px.
+Two designs. ``make_grid_looks`` (the PASCAL-like set) makes every class one cell of a hue x
+tone grid, arranged over the fold groups so that each fold's novel classes are new combinations
+of the hues and tones its base classes all show. Hue and tone are the cues a small network at
+the demo's input size resolves; with textures as the class-defining cue (an earlier grid of
+hue x texture) it confused same-hue classes. ``make_looks`` (the COCO-like set, 80 classes)
+gives every class a distinct (texture, hue) cell; classes sharing a hue bin also differ in tone
+and shape.
 Texture frequency, secondary colour, saturation and brightness vary on top. Instances jitter
 size, aspect, rotation and colour around the class look.
 Backgrounds are low-saturation gradients with blotches and fine noise: no class texture ever
@@ -23,6 +27,11 @@ SECONDARY = ("dark", "light", "complement", "analog")
 HUE_BINS = 12
 #: Texture periods in pixels; a class uses one, instances jitter it by a few percent.
 PERIODS = (9.0, 13.0, 18.0)
+#: Texture families of the grid design's classes ("flat" is an untextured, shaded surface); a
+#: texture decorates a class, it does not define it.
+GRID_TEXTURES = ("flat", "stripes", "dots", "checker")
+#: Grid texture periods in pixels: at least 1.5 feature cells (stride 8) at the model input.
+GRID_PERIODS = (14.0, 18.0)
 #: Radial samples per shape outline; enough for smooth curves at these image sizes.
 OUTLINE_POINTS = 72
 
@@ -91,6 +100,49 @@ def make_looks(rng: np.random.Generator, n_classes: int) -> list[ClassLook]:
                 mix=float(rng.uniform(0.6, 0.95)),
             )
         )
+    return looks
+
+
+def make_grid_looks(rng: np.random.Generator, groups: int, group_size: int) -> list[ClassLook]:
+    """Looks of ``groups * group_size`` classes; class ``g * group_size + j + 1`` is the
+    ``j``-th class of fold group ``g`` (the classes that are novel together).
+
+    Hue and tone, the cues a small network resolves first, define the classes: with
+    ``h = groups // 2``, class (g, j) has hue ``h * j + g % h`` of ``h * group_size`` equally
+    spaced hues and tone ``g // h`` (bright, then dark). Each hue is one bright and one dark
+    class in different groups, and a group's classes are ``h`` hue steps apart, so a novel class
+    differs from every base class in tone or by at least one hue step, while every hue and both
+    tones are seen in base training. The two tones' brightness bands stay apart under every
+    instance jitter and the shading of ``paint_object``. Texture, shape and aspect vary per
+    class on top (a class's texture is a mild, dark pattern that never reaches the other tone).
+    """
+    if groups < 2 or groups % 2:
+        raise ValueError(f"the grid design needs an even number of groups, got {groups}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    half = groups // 2
+    hues = half * group_size
+    hue_offset = rng.uniform(0.0, 360.0)
+    looks = []
+    for g in range(groups):
+        bright = g < half
+        for j in range(group_size):
+            looks.append(
+                ClassLook(
+                    shape=SHAPES[int(rng.integers(len(SHAPES)))],
+                    shape_order=int(rng.integers(3, 8)),
+                    shape_depth=float(rng.uniform(0.35, 0.75)),
+                    aspect=float(np.exp(rng.uniform(-0.45, 0.45))),
+                    texture=GRID_TEXTURES[int(rng.integers(len(GRID_TEXTURES)))],
+                    period=float(GRID_PERIODS[int(rng.integers(len(GRID_PERIODS)))]),
+                    texture_angle=float(rng.uniform(0.0, math.pi)),
+                    hue=float((hue_offset + (half * j + g % half) * 360.0 / hues) % 360.0),
+                    saturation=float(rng.uniform(0.75, 0.9) if bright else rng.uniform(0.8, 0.95)),
+                    value=float(rng.uniform(0.85, 0.95) if bright else rng.uniform(0.35, 0.45)),
+                    secondary="dark",
+                    mix=float(rng.uniform(0.3, 0.45)),
+                )
+            )
     return looks
 
 
@@ -173,6 +225,8 @@ def _pattern(
 ) -> np.ndarray:
     """Texture pattern in 0..1 on local (rotated) coordinates u, v."""
     freq = 2.0 * math.pi / period
+    if look.texture == "flat":
+        return np.zeros_like(u)
     if look.texture == "stripes":
         return 0.5 + 0.5 * np.tanh(3.0 * np.sin(freq * u))
     if look.texture == "checker":
@@ -197,7 +251,9 @@ def _pattern(
         ).astype(np.float32)
         field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
         return 0.5 + 0.5 * np.tanh(1.5 * field)
-    raise ValueError(f"unknown texture {look.texture!r}; expected one of {TEXTURES}")
+    raise ValueError(
+        f"unknown texture {look.texture!r}; expected one of {TEXTURES + GRID_TEXTURES[:1]}"
+    )
 
 
 def paint_object(

@@ -21,7 +21,7 @@ from PIL import Image
 
 from hdmnet.data.classes import VOC_CLASSES, VOC_PALETTE
 from hdmnet.data.synth.config import SynthConfig
-from hdmnet.data.synth.looks import make_looks
+from hdmnet.data.synth.looks import ClassLook, make_grid_looks
 from hdmnet.data.synth.pack import TarWriter
 from hdmnet.data.synth.scene import (
     ObjectSpec,
@@ -43,6 +43,7 @@ SBD_ROOT = "benchmark_RELEASE/dataset"
 VOC_MTIME = 1336694400  # 2012-05-11, the release date in the archive name
 SBD_MTIME = 1306886400  # 2011-06-01
 PERSON = VOC_CLASSES.index("person") + 1
+FOLDS = 4  # PASCAL-5i: fold f holds classes 5f+1 .. 5f+5
 # Fixed 116-byte MAT-file header text: scipy would put the current time there.
 MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Wed Jun  1 00:00:00 2011"
 
@@ -118,7 +119,8 @@ def plan_pascal(config: SynthConfig) -> tuple[PascalLayout, dict[str, list[Objec
         sbd_val=sorted(sbd_val),
     )
     weights = class_weights(len(VOC_CLASSES), config.class_imbalance, rng, top=PERSON)
-    groups = [list(range(5 * f + 1, 5 * f + 6)) for f in range(4)]  # PASCAL-5i folds
+    size = len(VOC_CLASSES) // FOLDS
+    groups = [list(range(size * f + 1, size * f + size + 1)) for f in range(FOLDS)]  # PASCAL-5i
     common = {
         "weights": weights,
         "max_classes": config.voc_max_classes,
@@ -198,15 +200,22 @@ def _id_seed(image_id: str) -> list[int]:
     return [int(year), int(number)]
 
 
+def pascal_looks(config: SynthConfig) -> list[ClassLook]:
+    """The 20 class looks: a hue x tone grid over the PASCAL-5i fold groups."""
+    rng = np.random.default_rng([config.seed, 10])
+    return make_grid_looks(rng, FOLDS, len(VOC_CLASSES) // FOLDS)
+
+
 def render_pascal_image(config: SynthConfig, image_id: str, specs: list[ObjectSpec]) -> Scene:
     """Render one PASCAL image; the same (config, id, plan) always gives the same scene."""
-    looks = make_looks(np.random.default_rng([config.seed, 10]), len(VOC_CLASSES))
-    return _render(config, looks, image_id, specs)
+    return _render(config, pascal_looks(config), image_id, specs)
 
 
-def _render(config: SynthConfig, looks: list, image_id: str, specs: list[ObjectSpec]) -> Scene:
+def _render(
+    config: SynthConfig, looks: list[ClassLook], image_id: str, specs: list[ObjectSpec]
+) -> Scene:
     rng = np.random.default_rng([config.seed, 2, *_id_seed(image_id)])
-    size = image_size(rng, config.image_side_range)
+    size = image_size(rng, config.voc_side_range)
     return render_scene(rng, size, specs, looks, config.min_visible, config.voc_border_width)
 
 
@@ -220,7 +229,7 @@ def write_pascal(
     ``plan`` is ``plan_pascal(config)``, computed here when not given.
     """
     layout, plans = plan if plan is not None else plan_pascal(config)
-    looks = make_looks(np.random.default_rng([config.seed, 10]), len(VOC_CLASSES))
+    looks = pascal_looks(config)
     has_voc_mask = set(layout.voc_train) | set(layout.voc_val)
     in_sbd = set(layout.sbd)
     pngs: dict[str, bytes] = {}

@@ -236,7 +236,7 @@ def render_scene(
     else:
         raise RuntimeError(
             f"could not place anchors {[s.label for s in anchors]} with {min_visible} visible "
-            f"pixels in a {h}x{w} image after {max_tries} tries; enlarge image_side_range"
+            f"pixels in a {h}x{w} image after {max_tries} tries; enlarge the image side range"
         )
     return _finish(scene)
 
