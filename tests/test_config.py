@@ -244,8 +244,8 @@ def test_a_partial_file_layers_over_params_yaml_not_over_the_papers_defaults(tmp
     params = resolve_params([override], ["grid.folds=[0, 1]"])
     default = load_params(ROOT / "params.yaml")
     assert params.meta.pascal.epochs == 6 and params.grid.folds == [0, 1]
-    # Everything else is the default preset's (129 px), not the schema's (the paper's 473 px).
-    assert params.meta.pascal.image_size == default.meta.pascal.image_size == 129
+    # Everything else is the default preset's (97 px), not the schema's (the paper's 473 px).
+    assert params.meta.pascal.image_size == default.meta.pascal.image_size == 97
     assert params.base.pascal.epochs == default.base.pascal.epochs
     assert params.origin == ("--params", str(override), "-s", "grid.folds=[0, 1]")
     # Files apply in order, key=value pairs last.
