@@ -265,3 +265,59 @@ def test_without_params_yaml_a_partial_file_is_refused(tmp_path, monkeypatch):
     # A complete preset needs no base.
     shutil.copy(ROOT / "presets" / "paper.yaml", tmp_path / "paper.yaml")
     assert resolve_params([Path("paper.yaml")]).preset == "paper"
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        (f"data.checksums={{voc2012: {'ab' * 20}}}", "data.checksums.voc2012"),
+        (f"data.checksums={{voc: {SHA}}}", "data.checksums"),
+    ],
+)
+def test_own_checksums_are_sha256_digests_of_known_archives(override, key):
+    with pytest.raises(ParamsError) as error:
+        load_params(ROOT / "params.yaml", ["data.source=official", override])
+    assert key in str(error.value)
+    params = load_params(
+        ROOT / "params.yaml", ["data.source=official", f"data.checksums.sbd={SHA}"]
+    )
+    assert params.data.checksums == {"sbd": SHA}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.mirror=https://mirror.example/hdm", "data.mirror"),
+        (f"data.checksums.sbd={SHA}", "data.checksums"),
+    ],
+)
+def test_official_archive_settings_with_generated_data_warn_at_load(override, key, caplog):
+    """data.mirror and data.checksums concern the official archives: with data.source synthetic
+    they would do nothing, so loading says so (naming the key and the fix) instead of ignoring
+    them silently."""
+    with caplog.at_level("WARNING", logger="hdmnet"):
+        load_params(ROOT / "params.yaml", [override])
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert record.getMessage().startswith(f"{key} is ignored: data.source is synthetic")
+    assert "-s data.source=official" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hdmnet"):
+        load_params(ROOT / "params.yaml", [override, "data.source=official"])
+        load_params(ROOT / "params.yaml")
+    assert caplog.records == []
+
+
+def test_own_checksums_change_the_identity_of_that_datasets_data_only():
+    """Other bytes make other data: a custom checksum re-runs the download (and everything
+    after it) of its data set; where the official bytes come from (mirror, local copy) does not."""
+    from hdmnet import identity
+
+    official = load_params(ROOT / "params.yaml", ["data.source=official"])
+    own = official.with_overrides([f"data.checksums.sbd={SHA}"])
+    copies = official.with_overrides(["data.mirror=/srv/archives", "data.local_files.sbd=/x.tgz"])
+    assert identity.prepare(own, "pascal") != identity.prepare(official, "pascal")
+    assert identity.prepare(own, "coco") == identity.prepare(official, "coco")
+    assert identity.prepare(copies, "pascal") == identity.prepare(official, "pascal")

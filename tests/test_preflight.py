@@ -176,9 +176,17 @@ def test_suggested_commands_keep_the_given_parameter_files(tmp_path, monkeypatch
 # -- archives ---------------------------------------------------------------------------------
 
 
-def test_a_mirror_with_synthetic_data_is_a_warning(settings):
-    (finding,) = preflight.check_archives(settings("data.mirror=https://mirror.example/voc"))
-    assert finding.level == WARNING and "is ignored: data.source is synthetic" in finding.message
+@pytest.mark.parametrize(
+    "setting", ["data.mirror=https://mirror.example/voc", f"data.checksums.sbd={'a' * 64}"]
+)
+def test_a_mirror_or_checksums_with_synthetic_data_is_a_warning(settings, setting):
+    (finding,) = preflight.check_archives(settings(setting))
+    key = setting.split("=")[0].removesuffix(".sbd")
+    assert finding.level == WARNING
+    assert (
+        finding.message.startswith(f"{key}=")
+        and "is ignored: data.source is synthetic" in finding.message
+    )
     assert "-s data.source=official" in finding.message
 
 
@@ -204,6 +212,10 @@ def test_local_archives_missing_or_not_the_official_ones(settings, tmp_path):
     first = preflight.check_archives(params)[0]
     assert first.level == ERROR and "not the official archive" in first.message
     assert f"{OFFICIAL_ARCHIVES['coco_train2014'].size}" in first.message
+    assert "set data.checksums.coco_train2014 to its sha256" in first.message
+    # Your own copy, with its own checksum: its size is not the official one's to check.
+    own = params.with_overrides([f"data.checksums.coco_train2014={'a' * 64}"])
+    assert preflight.check_archives(own)[0].level == OK
 
 
 def test_an_unreachable_host_is_reported_per_archive_and_asked_once(settings, monkeypatch):

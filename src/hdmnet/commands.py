@@ -18,6 +18,14 @@ def _command(stage: str, params: Params, cell: str) -> str:
     return " ".join(part for part in (f"hdmnet {stage}", origin, cell) if part)
 
 
+def download(dataset: str, params: Params) -> str:
+    return _command("download", params, f"--dataset {dataset}")
+
+
+def synth(params: Params) -> str:
+    return _command("synth", params, "")
+
+
 def train_base(base: BaseRun, params: Params) -> str:
     cell = f"--dataset {base.dataset} --backbone {base.backbone} --fold {base.fold}"
     return _command("train-base", params, f"{cell} --seed {base.seed}")

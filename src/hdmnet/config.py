@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import types
@@ -28,6 +29,8 @@ import yaml
 
 from hdmnet.errors import HdmnetError
 from hdmnet.identity import STAGE_KEYS, lookup
+
+log = logging.getLogger("hdmnet.config")
 
 SCHEMA_RESOURCE = "params.schema.yaml"
 DEFAULT_PARAMS_FILE = Path("params.yaml")
@@ -70,6 +73,7 @@ class Data:
     source: str
     mirror: str | None
     local_files: dict[str, str]
+    checksums: dict[str, str]
     workers: int
     coco_split: str
     exclude_novel: bool
@@ -329,8 +333,6 @@ def leaf_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-
-
 def overrides_mapping(overrides: Iterable[str]) -> dict[str, Any]:
     """``key=value`` overrides as the nested mapping a parameter file would hold."""
     nested: dict[str, Any] = {}
@@ -361,7 +363,22 @@ def from_mapping(raw: Mapping[str, Any], source: str = "params") -> Params:
     """Validate a mapping (defaults filled in) and build the typed parameters."""
     params = _typed(raw, source)
     _check_variants(params, source)
+    for warning in ignored_settings(params):
+        log.warning("%s", warning)
     return params
+
+
+def ignored_settings(params: Params) -> list[str]:
+    """Settings these parameters would silently ignore, each with what to do: the official
+    archives' ``data.mirror`` and ``data.checksums`` when the generated archives are used."""
+    if params.data.source != "synthetic":
+        return []
+    ignored = [key for key in ("mirror", "checksums") if getattr(params.data, key)]
+    return [
+        f"data.{key} is ignored: data.source is synthetic (the generated archives are used); "
+        "to use the official archives set data.source: official (-s data.source=official)"
+        for key in ignored
+    ]
 
 
 def _typed(raw: Mapping[str, Any], source: str) -> Params:

@@ -16,7 +16,10 @@ compares:
   tables refuse a record whose identity is not the one the current parameters give.
 
 Execution settings (threads, GPUs, loader workers, cache budgets, tracking, paths, mirrors) are
-not part of any identity: they change how a result is computed, not what it is.
+not part of any identity: they change how a result is computed, not what it is. So is
+``model.channels_last``, a memory layout: like the thread count it changes the order of float
+additions, hence the last bits, not the argmax (``tests/evaluate/test_speed_settings.py``).
+``model.bf16`` is not: the frozen encoder computes in bfloat16 and the numbers move.
 
 This module imports nothing from the package at run time (the parameter validation in
 ``hdmnet.config`` uses ``STAGE_KEYS``), so it sits at the bottom of the layers.
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
     # A mirror or a local copy yields the same verified bytes: where the archives come from is
-    # not part of the result.
+    # not part of the result. Own archives (data.checksums) are: ``download`` adds them.
     "download": ("data.source",),
     # prepare writes the fold lists of every scheme, with and without the exclusion rule.
     "prepare": ("data.min_pixels",),
@@ -83,6 +86,14 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The archives each data set's download fetches, by their keys in data.local_files and
+# data.checksums.
+ARCHIVES_OF: dict[str, tuple[str, ...]] = {
+    "pascal": ("voc2012", "sbd", "sbd_train_noval"),
+    "coco": ("coco_train2014", "coco_val2014", "coco_annotations2014"),
+}
+
+
 def stage_keys(stage: str, dataset: str | None = None) -> list[str]:
     """The dotted parameter keys ``stage`` reads (``{dataset}`` filled in)."""
     return [key.format(dataset=dataset) for key in STAGE_KEYS[stage]]
@@ -101,7 +112,17 @@ def synth(params: Params) -> str:
 
 def download(params: Params, dataset: str) -> str:
     upstream = synth(params) if params.data.source == "synthetic" else None
-    return _identity("download", params, dataset, {"dataset": dataset, "upstream": upstream})
+    extra: dict[str, Any] = {"dataset": dataset, "upstream": upstream}
+    # Own archives (data.checksums, used with the official source) are other bytes, so other
+    # data; only then is the key part of the identity, so the official data's stays as it was.
+    own = {
+        key: params.data.checksums[key].lower()
+        for key in ARCHIVES_OF[dataset]
+        if key in params.data.checksums and params.data.source == "official"
+    }
+    if own:
+        extra["checksums"] = own
+    return _identity("download", params, dataset, extra)
 
 
 def prepare(params: Params, dataset: str) -> str:

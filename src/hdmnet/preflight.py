@@ -264,16 +264,18 @@ def probe_url(url: str, timeout: float = 10.0) -> str:
 def check_archives(params: Params) -> list[Finding]:
     findings = []
     if params.data.source == "synthetic":
-        if params.data.mirror:
-            findings.append(
-                Finding(
-                    WARNING,
-                    "archives",
-                    f"data.mirror={params.data.mirror} is ignored: data.source is synthetic "
-                    "(the generated archives are used); to use the mirror: "
-                    f"{rerun(params, 'data.source=official')}",
+        # Settings of the official archives (loading warns too).
+        for key, value in (("mirror", params.data.mirror), ("checksums", params.data.checksums)):
+            if value:
+                findings.append(
+                    Finding(
+                        WARNING,
+                        "archives",
+                        f"data.{key}={value} is ignored: data.source is synthetic (the generated "
+                        f"archives are used); to use the official archives: "
+                        f"{rerun(params, 'data.source=official')}",
+                    )
                 )
-            )
         return findings
     unknown = sorted(set(params.data.local_files) - set(OFFICIAL_ARCHIVES))
     if unknown:
@@ -328,7 +330,8 @@ def _archive(params: Params, key: str, spec: ArchiveSpec, hosts: dict[str, str])
                     ERROR,
                     "archives",
                     f"data.local_files.{key}: {path} has {size} bytes, the official {spec.name} "
-                    f"{spec.size}: it is not the official archive, and its checksum will fail",
+                    f"{spec.size}: it is not the official archive, and its checksum will fail; "
+                    f"your own copy of the archive? set data.checksums.{key} to its sha256",
                 )
             ]
         return [Finding(OK, "archives", f"{spec.name}: local copy {path}")]

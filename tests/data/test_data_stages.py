@@ -121,7 +121,10 @@ def test_cli_download_reports_a_corrupted_archive(embedded_data, tmp_path, capsy
     code = cli.main(["download", "--params", str(params_file), "--dataset", "pascal"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "train_noval.txt" in err and "expected" in err
+    assert (
+        f"{tmp_path / 'data/synth/train_noval.txt'}: not the generated train_noval.txt of " in err
+    )
+    assert "the manifest's" in err and f"(hdmnet synth --params {params_file})" in err
     assert not (tmp_path / "data" / "archives" / "train_noval.txt").exists()
 
 
@@ -183,3 +186,49 @@ def test_failed_reprepare_leaves_nothing_of_the_previous_run_looking_current(
     assert len(list((out / "folds").rglob("train.txt"))) == 8
     assert {p: p.stat().st_mtime_ns for p in (out / "SegmentationClassAug").iterdir()} == masks
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_own_archives_are_used_with_their_own_checksums(
+    embedded_data, tmp_path, monkeypatch, project_root, capsys
+):
+    """The official path with copies that are not the official archives (here the generated
+    ones): the error names the user's file (not the internal .part copy), says it is not the
+    official archive and which key takes its checksum; with data.checksums set to their SHA-256
+    the same files are used, and a wrong one names its key."""
+    monkeypatch.chdir(project_root)
+    synth = layout.synth_dir(embedded_data)
+    entries = json.loads((synth / "manifest.json").read_text())["archives"]
+    names = {key: download.OFFICIAL_ARCHIVES[key].name for key in stages.ARCHIVES_OF["pascal"]}
+    local = {key: str(synth / name) for key, name in names.items()}
+    own = {key: entries[name]["sha256"] for key, name in names.items()}
+
+    def download_pascal(data: Path, *overrides: str) -> int:
+        settings = [f"paths.data={data}", "data.source=official"]
+        settings += [f"data.local_files={json.dumps(local)}", *overrides]
+        args = [arg for item in settings for arg in ("-s", item)]
+        return cli.main(["download", *args, "--dataset", "pascal"])
+
+    assert download_pascal(tmp_path / "a") == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    voc = local["voc2012"]
+    assert err.startswith(
+        f"hdmnet download: error: {voc} (data.local_files.voc2012): not the official "
+        "VOCtrainval_11-May-2012.tar: its size is "
+    )
+    assert "the official archive's 1999639040" in err and ".part" not in err
+    assert "set data.checksums.voc2012 to its sha256 (sha256sum prints it)" in err
+    assert f"fetch it again (hdmnet download -s paths.data={tmp_path / 'a'} -s " in err
+    assert not (tmp_path / "a" / "archives" / names["voc2012"]).exists()
+
+    assert download_pascal(tmp_path / "b", f"data.checksums={json.dumps(own)}") == 0
+    marker = json.loads((tmp_path / "b" / "raw" / "pascal.downloaded.json").read_text())
+    assert {name: entry["sha256"] for name, entry in marker["archives"].items()} == {
+        names[key]: digest for key, digest in own.items()
+    }
+
+    wrong = own | {"sbd": "0" * 64}
+    capsys.readouterr()
+    assert download_pascal(tmp_path / "c", f"data.checksums={json.dumps(wrong)}") == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    where = f"{local['sbd']} (data.local_files.sbd)"
+    assert f"{where}: its sha256 is {own['sbd']}, not data.checksums.sbd ({'0' * 64})" in err

@@ -45,14 +45,37 @@ RECORDED = "sha256"
 
 
 class ChecksumError(HdmnetError, ValueError):
-    """A file's size or digest differs from the expected value."""
+    """A file's size or digest differs from the expected value.
 
-    def __init__(self, path: Path | str, kind: str, expected: object, actual: object) -> None:
-        super().__init__(f"{path}: {kind} mismatch: expected {expected}, got {actual}")
+    ``path`` names the file as the user knows it (their file, or the URL it came from), ``archive``
+    the archive's file name, ``sha256`` the file's SHA-256 when it was computed (a digest
+    mismatch; a size mismatch stops before reading). ``message`` replaces the plain one (the data
+    stage says whose checksum it is and what to do).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        kind: str,
+        expected: object,
+        actual: object,
+        *,
+        archive: str | None = None,
+        sha256: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(message or f"{path}: {kind} mismatch: expected {expected}, got {actual}")
         self.path = path
         self.kind = kind
         self.expected = expected
         self.actual = actual
+        self.archive = archive
+        self.sha256 = sha256
+
+    def named(self, path: Path | str, message: str | None = None) -> ChecksumError:
+        """The same mismatch, naming the file as ``path`` (and said as ``message``)."""
+        fields = (path, self.kind, self.expected, self.actual)
+        return ChecksumError(*fields, archive=self.archive, sha256=self.sha256, message=message)
 
 
 class DownloadError(HdmnetError, RuntimeError):
@@ -195,13 +218,15 @@ def verify(path: Path, spec: ArchiveSpec) -> dict[str, str]:
     path = Path(path)
     actual_size = path.stat().st_size
     if spec.size is not None and actual_size != spec.size:
-        raise ChecksumError(path, "size", spec.size, actual_size)
+        raise ChecksumError(path, "size", spec.size, actual_size, archive=spec.name)
     kinds = sorted({*spec.digests, RECORDED})
     log.info("checking %s of %s", "/".join(kinds), path.name)
     actual = file_digests(path, kinds)
     for kind, expected in spec.digests.items():
         if actual[kind] != expected:
-            raise ChecksumError(path, kind, expected, actual[kind])
+            raise ChecksumError(
+                path, kind, expected, actual[kind], archive=spec.name, sha256=actual[RECORDED]
+            )
     return actual
 
 
@@ -297,9 +322,10 @@ def fetch(
             else:
                 _http_download(spec, part, retries=retries, backoff=backoff, timeout=timeout)
         digests = verify(part, spec)
-    except ChecksumError:
+    except ChecksumError as error:
         part.unlink(missing_ok=True)
-        raise
+        # Named as the user knows it (their file or the URL), not as the internal .part copy.
+        raise error.named(source if source is not None else spec.url) from None
     except BaseException:
         # A local copy is cheap to redo; an HTTP .part is kept so the next run resumes.
         if source is not None:
@@ -470,7 +496,7 @@ def _http_attempt(spec: ArchiveSpec, part: Path, timeout: float) -> None:
         else:
             raise DownloadError(f"unexpected HTTP {response.status} from {spec.url}")
         if spec.size is not None and total is not None and total != spec.size:
-            raise ChecksumError(f"{spec.name} ({spec.url})", "size", spec.size, total)
+            raise ChecksumError(spec.url, "size", spec.size, total, archive=spec.name)
 
         received = 0
         with open(part, mode) as out, ByteProgress(total, spec.name, initial=offset) as bar:
@@ -479,8 +505,8 @@ def _http_attempt(spec: ArchiveSpec, part: Path, timeout: float) -> None:
                 received += len(chunk)
                 bar.update(len(chunk))
                 if spec.size is not None and offset + received > spec.size:
-                    where = f"{spec.name} ({spec.url})"
-                    raise ChecksumError(where, "size", spec.size, f"more than {spec.size}")
+                    more = f"more than {spec.size}"
+                    raise ChecksumError(spec.url, "size", spec.size, more, archive=spec.name)
     # http.client returns b"" when the peer closes early, so compare with what was announced.
     if body_length is not None and received < body_length:
         raise _Interrupted(

@@ -15,6 +15,7 @@ atomically, and the conversion reuses the ones that are still valid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,12 +23,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hdmnet import layout
+from hdmnet import commands, layout
 from hdmnet.config import Params, ParamsError
 from hdmnet.data import coco, pascal
 from hdmnet.data.download import (
     OFFICIAL_ARCHIVES,
     ArchiveSpec,
+    ChecksumError,
     archive_digest,
     download_all,
     specs_from_manifest,
@@ -41,13 +43,10 @@ from hdmnet.data.lists import (
 )
 from hdmnet.errors import MissingFileError
 from hdmnet.fileio import write_json
+from hdmnet.identity import ARCHIVES_OF
 
 log = logging.getLogger("hdmnet.data")
 
-ARCHIVES_OF: dict[str, tuple[str, ...]] = {
-    "pascal": ("voc2012", "sbd", "sbd_train_noval"),
-    "coco": ("coco_train2014", "coco_val2014", "coco_annotations2014"),
-}
 LIST_MODES = ("train", "val")
 MARKER = "prepared.json"
 FOLDS = "folds"
@@ -67,6 +66,9 @@ def archive_specs(params: Params, dataset: str) -> list[ArchiveSpec]:
         specs = dict(OFFICIAL_ARCHIVES)
         if params.data.mirror:
             specs = {key: _mirrored(spec, params.data.mirror) for key, spec in specs.items()}
+        for key, sha256 in params.data.checksums.items():
+            # Your own archive: its SHA-256 instead of the official size and MD5.
+            specs[key] = dataclasses.replace(specs[key], size=None, md5=None, sha256=sha256)
     return [specs[key] for key in ARCHIVES_OF[dataset]]
 
 
@@ -88,7 +90,10 @@ def download(params: Params, dataset: str) -> Path:
     local = {
         names[key]: Path(path) for key, path in params.data.local_files.items() if key in names
     }
-    paths = download_all(specs, layout.archive_dir(params), layout.raw_dir(params), local)
+    try:
+        paths = download_all(specs, layout.archive_dir(params), layout.raw_dir(params), local)
+    except ChecksumError as error:
+        raise _explained(error, params, dataset, names) from None
     marker = layout.raw_dir(params) / f"{dataset}.downloaded.json"
     # The digests come from the verification markers: a rerun reads no archive (20 GB for COCO).
     archives = {
@@ -98,6 +103,40 @@ def download(params: Params, dataset: str) -> Path:
     record = {"dataset": dataset, "source": params.data.source, "archives": archives}
     write_json(marker, record)
     return marker
+
+
+def _explained(
+    error: ChecksumError, params: Params, dataset: str, names: dict[str, str]
+) -> ChecksumError:
+    """The mismatch said as the user set things up: which setting brought the file, whose
+    checksum it fails, and what to do."""
+    key = next((k for k, name in names.items() if name == error.archive), None)
+    if key is None:
+        return error
+    where = f"{error.path}"
+    if key in params.data.local_files:
+        where += f" (data.local_files.{key})"
+    kind, actual, expected = error.kind, error.actual, error.expected
+    if params.data.source == "synthetic":
+        manifest = layout.synth_dir(params) / "manifest.json"
+        message = (
+            f"{where}: not the generated {error.archive} of {manifest}: its {kind} is {actual}, "
+            f"the manifest's {expected}; generate the data again ({commands.synth(params)})"
+        )
+    elif key in params.data.checksums:
+        message = (
+            f"{where}: its sha256 is {actual}, not data.checksums.{key} ({expected}): correct "
+            f"data.checksums.{key}, or give the file it was computed from"
+        )
+    else:
+        sha256 = f"it is {error.sha256}" if error.sha256 else "sha256sum prints it"
+        message = (
+            f"{where}: not the official {error.archive}: its {kind} is {actual}, the official "
+            f"archive's {expected}. A damaged or partial copy: fetch it again "
+            f"({commands.download(dataset, params)}); your own copy of the archive: set "
+            f"data.checksums.{key} to its sha256 ({sha256}) to use it"
+        )
+    return error.named(error.path, message)
 
 
 def prepare(params: Params, dataset: str) -> Path:
