@@ -93,3 +93,48 @@ def test_demo_takes_files_and_key_value_overrides_like_every_stage(tmp_path, mon
     calls.clear()
     assert cli.main(["demo", "-s", "meta.pascal.epochz=6"]) == 2
     assert calls == []
+
+
+PAPER_CELL = ["--dataset", "coco", "--backbone", "resnet50", "--fold", "0"]
+
+
+@pytest.mark.parametrize("stage", ["train-base", "train"])
+def test_the_no_gpu_error_says_how_to_train_on_the_cpu(stage, monkeypatch, capsys):
+    """The paper preset asks for 4 GPUs: on a machine without any the stage stops before any
+    work, saying the override that runs it on the CPU."""
+    from hdmnet import launch
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(launch, "visible_gpu_count", lambda: 0)
+    shot = ["--shot", "1"] if stage == "train" else []
+    assert cli.main([stage, "--params", "presets/paper.yaml", *PAPER_CELL, *shot]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert "needs 4 GPUs but the machine has 0" in err and "-s train.gpus=0" in err
+
+
+def test_suggested_commands_keep_the_given_parameter_files_and_overrides(monkeypatch):
+    """Pasting a command an error suggests runs with the same parameters, not the default
+    preset: every suggestion carries the --params and -s it was given, in order."""
+    from hdmnet import commands
+    from hdmnet.config import resolve_params
+    from hdmnet.layout import Run
+
+    monkeypatch.chdir(ROOT)
+    params = resolve_params(["presets/paper.yaml"], ["train.gpus=0"])
+    given = "--params presets/paper.yaml -s train.gpus=0"
+    run = Run("coco", "resnet50", "full", 0, 1, 321)
+    cell = "--dataset coco --backbone resnet50 --fold 0"
+    suggested = {
+        commands.synth(params): f"hdmnet synth {given}",
+        commands.download("coco", params): f"hdmnet download {given} --dataset coco",
+        commands.prepare("coco", params): f"hdmnet prepare {given} coco",
+        commands.train_base(run.base, params): f"hdmnet train-base {given} {cell} --seed 321",
+    }
+    for stage in ("train", "evaluate"):
+        cells = f"{cell} --shot 1 --variant full --seed 321"
+        suggested[getattr(commands, stage)(run, params)] = f"hdmnet {stage} {given} {cells}"
+    for command, expected in suggested.items():
+        assert command == expected
+        args = cli.build_parser().parse_args(command.split()[1:])  # and it parses
+        assert args.params == [Path("presets/paper.yaml")] and args.overrides == ["train.gpus=0"]

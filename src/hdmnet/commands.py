@@ -22,6 +22,10 @@ def download(dataset: str, params: Params) -> str:
     return _command("download", params, f"--dataset {dataset}")
 
 
+def prepare(dataset: str, params: Params) -> str:
+    return _command("prepare", params, dataset)
+
+
 def synth(params: Params) -> str:
     return _command("synth", params, "")
 
