@@ -30,8 +30,7 @@ from hdmnet.evaluate.predict import (
 from hdmnet.evaluate.protocol import EpisodeRunner
 from hdmnet.jobs.checks import meta_cell
 from hdmnet.jobs.inputs import dataset_root, fold_folder
-from hdmnet.jobs.models import build_meta_model
-from hdmnet.model import load_checkpoint
+from hdmnet.model import HDMNet, load_checkpoint
 
 # The session's model (2 epochs) scored 32-48 mIoU on the test episodes, an untrained one below
 # 1.5 (tests/train); the pooled foreground IoU of these 24 pairs was 28.5 when this was written.
@@ -53,7 +52,7 @@ def checkpoint(trained) -> Path:
 def runner(trained, checkpoint) -> EpisodeRunner:
     """The evaluator's episode runner, set up as ``evaluate`` sets it up (cache, batch of 16)."""
     params = trained.params
-    model = build_meta_model(params, RUN)
+    model = HDMNet.from_config(params, RUN)
     load_checkpoint(checkpoint, model, meta_cell(RUN))
     return EpisodeRunner(
         model,

@@ -17,8 +17,7 @@ from tests.train.test_engines import RUN, trained_setup
 from hdmnet import layout
 from hdmnet.evaluate.protocol import OUTPUTS, CodeStore, EpisodeRunner, ProtocolResult
 from hdmnet.jobs.inputs import dataset_root, fold_folder
-from hdmnet.jobs.models import build_meta_model
-from hdmnet.model import load_checkpoint
+from hdmnet.model import HDMNet, load_checkpoint
 
 SEEDS = [510, 365]
 EPISODES = 60
@@ -32,7 +31,7 @@ def setup(embedded_data):
     state = load_checkpoint(layout.meta_checkpoint(params, RUN))["state_dict"]
     for shot in (1, 5):
         torch.manual_seed(0)  # kshot_rw of the 5-shot model: its initialisation, as trained
-        model = build_meta_model(params, replace(RUN, shot=shot))
+        model = HDMNet.from_config(params, replace(RUN, shot=shot))
         missing, unexpected = model.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("kshot_rw") for k in missing)
         models[shot] = model.eval()

@@ -181,12 +181,11 @@ def test_trained_model_beats_an_untrained_one_on_novel_classes(trained, tmp_path
     """A random meta learner on the same base learner, on the same test episodes."""
     from hdmnet.evaluate.evaluator import External, evaluate
     from hdmnet.jobs.checks import base_cell, meta_cell
-    from hdmnet.jobs.models import build_meta_model
-    from hdmnet.model import load_checkpoint, save_checkpoint
+    from hdmnet.model import HDMNet, load_checkpoint, save_checkpoint
 
     params = trained.params.with_overrides([f"paths.results={tmp_path}", "tracking.enabled=false"])
     torch.manual_seed(0)
-    model = build_meta_model(params, RUN)
+    model = HDMNet.from_config(params, RUN)
     base_path = trained.base["checkpoints"]["best"]["path"]
     load_checkpoint(base_path, model, expected=base_cell("pascal", "small", 0))
     untrained = tmp_path / "untrained.pth"

@@ -24,10 +24,9 @@ from hdmnet.fileio import file_digest
 from hdmnet.jobs.checks import ensure_writable, meta_cell, require_identity
 from hdmnet.jobs.distributed import init_distributed, set_threads
 from hdmnet.jobs.inputs import data_hash, dataset_root, fold_folder
-from hdmnet.jobs.models import build_meta_model
 from hdmnet.jobs.provenance import provenance
 from hdmnet.layout import Run
-from hdmnet.model import CheckpointError, load_checkpoint
+from hdmnet.model import CheckpointError, HDMNet, load_checkpoint
 from hdmnet.records import METRICS_KIND, write_record
 from hdmnet.tracking import Tracker
 
@@ -121,7 +120,7 @@ def evaluate(
     ensure_writable(target.parent)
     set_threads(params)
     info = init_distributed()
-    model = build_meta_model(variant_params, run).to(info.device)
+    model = HDMNet.from_config(variant_params, run).to(info.device)
     if not path.exists():
         raise StageError(
             f"checkpoint {path} not found: train it first ({commands.train(run, params)})"

@@ -21,16 +21,15 @@ from hdmnet.evaluate.protocol import EpisodeRunner
 from hdmnet.evaluate.views import EpisodeView
 from hdmnet.jobs.checks import meta_cell
 from hdmnet.jobs.inputs import dataset_root, fold_folder
-from hdmnet.jobs.models import build_meta_model
 from hdmnet.layout import Run
-from hdmnet.model import load_checkpoint
+from hdmnet.model import HDMNet, load_checkpoint
 
 
 def episode_views(params: Params, run: Run, count: int) -> list[EpisodeView]:
     """The first ``count`` test episodes of ``run`` with its predictions."""
     variant_params = params.for_variant(run.variant)
     schedule = getattr(variant_params.meta, run.dataset)
-    model = build_meta_model(variant_params, run)
+    model = HDMNet.from_config(variant_params, run)
     load_checkpoint(layout.meta_checkpoint(variant_params, run), model, meta_cell(run))
     root = dataset_root(params, run.dataset)
     runner = EpisodeRunner(

@@ -37,7 +37,6 @@ from hdmnet.data.transforms import EvalTransform
 from hdmnet.errors import HdmnetError
 from hdmnet.evaluate.metrics import binary_prediction, upsample_to_label
 from hdmnet.fileio import atomic_open
-from hdmnet.jobs.models import build_meta_model
 from hdmnet.layout import Run
 from hdmnet.model import HDMNet, load_checkpoint
 from hdmnet.model.hdmnet import QueryCode, SupportCode
@@ -193,7 +192,7 @@ def load_predictor(
         int(meta["shot"]),
         meta.get("train_seed"),
     )
-    model = build_meta_model(model_params, run)
+    model = HDMNet.from_config(model_params, run)
     try:
         load_checkpoint(checkpoint, model)
     except CheckpointError as error:

@@ -1,3 +1,3 @@
 """What every training and evaluation job shares, below both stages: its processes and devices,
-its models from parameters, the prepared data it reads, the checks it makes before long work and
-the provenance it stamps on its records."""
+the prepared data it reads, the checks it makes before long work and the provenance it stamps on
+its records. Its models come from ``HDMNet.from_config`` / ``PSPNet.from_config``."""

@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+# The backbone names are the parameter schema's (hdmnet.config); build_backbone builds each.
+from hdmnet.config import BACKBONES
 from hdmnet.model.weights import load_state_into, read_torch_file, strip_prefix
 
-BACKBONES = ("resnet50", "resnet101", "vgg16", "small")
+if TYPE_CHECKING:
+    from hdmnet.config import Model
 
 # Per-backbone block counts of layer1..layer4 (ResNet) -- MODEL.md section 1.
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
@@ -180,23 +184,29 @@ def run_layers(owner: nn.Module, x: Tensor) -> list[Tensor]:
 def build_backbone(
     name: str, blocks: Sequence[int] | None = None, width: float | None = None
 ) -> ResNet | VGG16BN:
-    """Build a backbone by name: ``resnet50``, ``resnet101``, ``vgg16`` or ``small``.
+    """Build a backbone by name, one of :data:`hdmnet.config.BACKBONES`: ``resnet50``,
+    ``resnet101``, ``vgg16`` or ``small``.
 
     ``blocks`` / ``width`` customise the small variant (defaults ``(1, 1, 1, 1)`` and 0.25); they
     are refused for the full-size backbones, whose shapes are fixed by the official release.
     """
-    if name in RESNET_BLOCKS:
-        _refuse_small_kwargs(name, blocks, width)
-        return ResNet(RESNET_BLOCKS[name])
-    if name == "vgg16":
-        _refuse_small_kwargs(name, blocks, width)
-        return VGG16BN()
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     if name == "small":
         return ResNet(
             SMALL_DEFAULTS["blocks"] if blocks is None else blocks,
             SMALL_DEFAULTS["width"] if width is None else width,
         )
-    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    _refuse_small_kwargs(name, blocks, width)
+    return VGG16BN() if name == "vgg16" else ResNet(RESNET_BLOCKS[name])
+
+
+def backbone_options(model: Model, name: str) -> dict[str, Any]:
+    """:func:`build_backbone`'s sizing arguments from ``params.model``: ``model.small_blocks``
+    and ``model.small_width`` for the small backbone, nothing for the full-size ones."""
+    if name != "small":
+        return {}
+    return {"blocks": tuple(model.small_blocks), "width": model.small_width}
 
 
 def _refuse_small_kwargs(name: str, blocks: object, width: object) -> None:
@@ -275,6 +285,7 @@ __all__ = [
     "VGG16BN",
     "Bottleneck",
     "ResNet",
+    "backbone_options",
     "backbone_out_channels",
     "build_backbone",
     "imagenet_to_backbone_keys",

@@ -22,18 +22,22 @@ import contextlib
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hdmnet.model.backbone import build_backbone, run_layers
+from hdmnet.model.backbone import backbone_options, build_backbone, run_layers
 from hdmnet.model.fused import FrozenEncoder
 from hdmnet.model.losses import distillation_loss, segmentation_ce
-from hdmnet.model.pspnet import PPM, head_dims
+from hdmnet.model.pspnet import PPM, head_dims, num_base_classes
 from hdmnet.model.transformer import ATTENTIONS, CrossAttention, SupportStage, Transformer
 from hdmnet.model.weights import load_base_learner_into
+
+if TYPE_CHECKING:
+    from hdmnet.config import Params
+    from hdmnet.layout import Run
 
 # Modules copied from the PSPNet base learner and frozen during meta-training.
 FROZEN_MODULES = ("layer0", "layer1", "layer2", "layer3", "layer4", "ppm", "cls", "base_learnear")
@@ -455,6 +459,29 @@ class HDMNet(nn.Module):
             self.kshot_rw = None
         self.freeze_base()
 
+    @classmethod
+    def from_config(cls, params: Params, run: Run) -> HDMNet:
+        """HDMNet for ``run`` with ``params`` already resolved for the run's variant: the one
+        place that says which parameter fills which argument (the detectron2 pattern); the
+        constructor and :func:`build_hdmnet` take plain values."""
+        model = params.model
+        return build_hdmnet(
+            run.backbone,
+            num_base_classes(params, run.base),
+            run.shot,
+            channels_last=model.channels_last,
+            bf16=model.bf16,
+            attention=model.attention,
+            num_stages=model.stages,
+            distill=model.distill,
+            ensemble=model.ensemble,
+            fix_quirks=model.fix_quirks,
+            embed_dim=model.embed_dim,
+            distill_weight=params.meta.distill_weight,
+            base_weight=params.meta.base_weight,
+            **backbone_options(model, run.backbone),
+        )
+
     # -- training helpers ------------------------------------------------------------------
 
     def freeze_base(self) -> None:
@@ -482,7 +509,7 @@ class HDMNet(nn.Module):
         compile_backend: str | None = None,
     ) -> HDMNet:
         """Speed settings; ``model.channels_last`` / ``model.bf16`` in params.yaml set the first
-        two (through :func:`build_hdmnet`).
+        two (:meth:`from_config`, in every training and evaluation job).
 
         ``fuse_frozen`` (default): the frozen encoder runs BatchNorm-folded (exact fp32 up to
         rounding, :mod:`hdmnet.model.fused`). ``bf16``: the frozen encoder runs in bfloat16
@@ -952,43 +979,22 @@ def build_hdmnet(
     num_base_classes: int,
     shot: int = 1,
     *,
-    attention: str = "matching",
-    num_stages: int = 3,
-    distill: bool = True,
-    ensemble: bool = True,
-    fix_quirks: bool = False,
-    embed_dim: int = 64,
-    reduce_dim: int | None = None,
-    cls_dim: int | None = None,
     blocks: Sequence[int] | None = None,
     width: float | None = None,
     channels_last: bool = False,
     bf16: bool = False,
+    **options: Any,
 ) -> HDMNet:
     """Build HDMNet for ``backbone`` (resnet50, resnet101, vgg16, small).
 
     ``num_base_classes`` excludes background (15 for PASCAL-5i, 60 for COCO-20i).
-    ``blocks``/``width``/``cls_dim``/``reduce_dim``/``embed_dim`` size the small variant.
-    ``channels_last`` / ``bf16`` (``model.channels_last`` / ``model.bf16``): see
-    :meth:`HDMNet.configure_inference`.
+    ``blocks``/``width`` size the small backbone (:func:`build_backbone`); ``options`` are
+    :class:`HDMNet`'s keyword arguments (``attention``, ``embed_dim``...). ``channels_last`` /
+    ``bf16`` (``model.channels_last`` / ``model.bf16``): see :meth:`HDMNet.configure_inference`.
     """
     net = build_backbone(backbone, blocks=blocks, width=width)
-    model = HDMNet(
-        net,
-        num_base_classes,
-        shot,
-        attention=attention,
-        num_stages=num_stages,
-        distill=distill,
-        ensemble=ensemble,
-        fix_quirks=fix_quirks,
-        embed_dim=embed_dim,
-        reduce_dim=reduce_dim,
-        cls_dim=cls_dim,
-    )
-    if channels_last or bf16:
-        model.configure_inference(channels_last=channels_last, bf16=bf16)
-    return model
+    model = HDMNet(net, num_base_classes, shot, **options)
+    return model.configure_inference(channels_last=channels_last, bf16=bf16)
 
 
 __all__ = [

@@ -9,12 +9,26 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hdmnet.model.backbone import build_backbone, load_imagenet_weights, run_layers
+from hdmnet import layout
+from hdmnet.data.folds import fold_classes
+from hdmnet.errors import StageError
+from hdmnet.model.backbone import (
+    backbone_options,
+    build_backbone,
+    load_imagenet_weights,
+    run_layers,
+)
+
+if TYPE_CHECKING:
+    from hdmnet.config import Params
+    from hdmnet.layout import BaseRun
 
 IGNORE_INDEX = 255
 PPM_BINS = (1, 2, 3, 6)
@@ -97,6 +111,26 @@ class PSPNet(nn.Module):
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
 
+    @classmethod
+    def from_config(cls, params: Params, base: BaseRun) -> PSPNet:
+        """The base learner of ``base`` as ``params`` describe it: the one place that says which
+        parameter fills which argument of :func:`build_pspnet` (``model.pretrained``, the small
+        backbone's size, ``model.channels_last``, ``model.bf16``)."""
+        pretrained = params.model.pretrained.get(base.backbone)
+        if pretrained is not None and not Path(pretrained).exists():
+            raise StageError(
+                f"model.pretrained.{base.backbone}: ImageNet weights {pretrained} not found "
+                "(download them, or set the key to null to start from random weights)"
+            )
+        return build_pspnet(
+            base.backbone,
+            num_base_classes(params, base) + 1,
+            pretrained=pretrained,
+            channels_last=params.model.channels_last,
+            bf16=params.model.bf16,
+            **backbone_options(params.model, base.backbone),
+        )
+
     def configure_inference(self, channels_last: bool = False, bf16: bool = False) -> PSPNet:
         """``model.channels_last``: channels-last weights and inputs. ``model.bf16``: bfloat16
         autocast of the forward on CUDA (the base learner trains its backbone, so on CPU it
@@ -133,6 +167,13 @@ class PSPNet(nn.Module):
         return F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX)
 
 
+def num_base_classes(params: Params, base: BaseRun) -> int:
+    """Base classes of ``base``'s fold (background not counted) under the split scheme that
+    ``params`` choose for its dataset."""
+    scheme = layout.scheme(params, base.dataset)
+    return len(fold_classes(base.dataset, base.fold, scheme)[0])
+
+
 def build_pspnet(
     backbone: str,
     num_classes: int,
@@ -153,9 +194,7 @@ def build_pspnet(
     if pretrained is not None:
         load_imagenet_weights(net, pretrained)
     model = PSPNet(net, num_classes, cls_dim=cls_dim)
-    if channels_last or bf16:
-        model.configure_inference(channels_last=channels_last, bf16=bf16)
-    return model
+    return model.configure_inference(channels_last=channels_last, bf16=bf16)
 
 
 __all__ = [
@@ -166,4 +205,5 @@ __all__ = [
     "build_pspnet",
     "head_dims",
     "make_classifier",
+    "num_base_classes",
 ]

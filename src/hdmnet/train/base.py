@@ -25,7 +25,6 @@ from hdmnet.jobs.distributed import (
     all_reduce_sum,
 )
 from hdmnet.jobs.inputs import data_hash, dataset_root, fold_folder
-from hdmnet.jobs.models import build_base_model
 from hdmnet.jobs.provenance import provenance
 from hdmnet.layout import BaseRun
 from hdmnet.model import CheckpointError, PSPNet, load_checkpoint, save_checkpoint
@@ -62,7 +61,7 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         train_set, schedule.batch_size, seed, info, params.train.workers
     )
 
-    model = build_base_model(params, dataset, backbone, fold).to(info.device)
+    model = PSPNet.from_config(params, base).to(info.device)
     optimizer = build_pspnet_optimizer(
         model,
         schedule.lr,
@@ -135,7 +134,7 @@ def import_base_learner(params: Params, base: BaseRun, source: Path) -> dict[str
     base-learner identity, so the workflow uses it instead of training one for as long as the
     base-learner parameters stay as they are."""
     out = ensure_writable(layout.base_dir(params, base))
-    model = build_base_model(params, base.dataset, base.backbone, base.fold)
+    model = PSPNet.from_config(params, base)
     cell = base_cell(base.dataset, base.backbone, base.fold)
     try:
         loaded = load_checkpoint(source, model, expected=cell)

@@ -26,9 +26,8 @@ from hdmnet.jobs.distributed import (
     all_reduce_sum,
 )
 from hdmnet.jobs.inputs import data_hash, dataset_root, fold_folder
-from hdmnet.jobs.models import build_meta_model
 from hdmnet.layout import Run
-from hdmnet.model import CheckpointError, load_checkpoint
+from hdmnet.model import CheckpointError, HDMNet, load_checkpoint
 from hdmnet.model.optim import build_hdmnet_optimizer
 from hdmnet.records import TRAIN_KIND
 from hdmnet.train import setup
@@ -47,7 +46,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
     train_dir = fold_folder(variant_params, run.dataset, run.fold)  # the variant's list rule
     val_dir = fold_folder(params, run.dataset, run.fold)
 
-    model = build_meta_model(variant_params, run).to(info.device)
+    model = HDMNet.from_config(variant_params, run).to(info.device)
     base_path = layout.base_checkpoint(params, run.base)
     if not base_path.exists():
         raise StageError(
