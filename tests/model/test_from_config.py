@@ -30,7 +30,8 @@ SETTINGS = [
 
 def test_hdmnet_from_config_takes_every_model_setting():
     params = load_params(None, SETTINGS)
-    model = HDMNet.from_config(params, Run("pascal", "small", "full", 2, 5, 1))
+    # No training seed: an external checkpoint's run (it has no base learner of ours).
+    model = HDMNet.from_config(params, Run("pascal", "small", "full", 2, 5, None))
     assert (model.attention, model.num_stages, model.distill, model.ensemble) == (
         "dot",
         2,

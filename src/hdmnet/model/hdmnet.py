@@ -467,7 +467,7 @@ class HDMNet(nn.Module):
         model = params.model
         return build_hdmnet(
             run.backbone,
-            num_base_classes(params, run.base),
+            num_base_classes(params, run.dataset, run.fold),
             run.shot,
             channels_last=model.channels_last,
             bf16=model.bf16,

@@ -124,7 +124,7 @@ class PSPNet(nn.Module):
             )
         return build_pspnet(
             base.backbone,
-            num_base_classes(params, base) + 1,
+            num_base_classes(params, base.dataset, base.fold) + 1,
             pretrained=pretrained,
             channels_last=params.model.channels_last,
             bf16=params.model.bf16,
@@ -167,11 +167,10 @@ class PSPNet(nn.Module):
         return F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX)
 
 
-def num_base_classes(params: Params, base: BaseRun) -> int:
-    """Base classes of ``base``'s fold (background not counted) under the split scheme that
-    ``params`` choose for its dataset."""
-    scheme = layout.scheme(params, base.dataset)
-    return len(fold_classes(base.dataset, base.fold, scheme)[0])
+def num_base_classes(params: Params, dataset: str, fold: int) -> int:
+    """Base classes of ``fold`` (background not counted) under the split scheme that ``params``
+    choose for ``dataset``."""
+    return len(fold_classes(dataset, fold, layout.scheme(params, dataset))[0])
 
 
 def build_pspnet(
