@@ -183,6 +183,7 @@ class Eval:
     seeds: list[int]
     support_annotation: str
     cache_mb: int
+    baseline: str
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "model.bf16",
         "eval.seeds",
         "eval.support_annotation",
+        "eval.baseline",
     ),
 }
 

@@ -273,3 +273,44 @@ def test_paper_numbers_match_the_spec(project_root):
     assert found == len(paper.MAIN) == 8
     for result in paper.MAIN.values():  # the published means are the fold means, rounded
         assert abs(sum(result.folds) / 4 - result.mean) <= 0.051
+
+
+def test_the_training_free_baseline_gets_a_row_of_its_own(project_root, tmp_path):
+    # Records carrying the baseline section that ``hdmnet evaluate`` adds (eval.baseline):
+    # the main table shows it under its own Method name, fold by fold, with what it is.
+    params = default_params(project_root, tmp_path, "grid.shots=[1]", "grid.train_seeds=[1, 2]")
+    runs = write_grid(params, training=False)
+    for run in runs:
+        path = layout.metrics_file(params, run)
+        record = json.loads(path.read_text())
+        miou = 30.0 + run.fold + (2.0 if run.seed == 2 else 0.0)
+        record["baseline"] = {
+            "what": "masked-average prototype, cosine",
+            "miou": miou,
+            "fbiou": 60.0,
+            "method": "prototype",
+            "threshold": 0.5 if run.fold else 0.6,
+        }
+        write_record(path, record)
+    aggregate(params)
+    out = layout.tables_dir(params)
+    main = pd.read_csv(out / "main.csv")
+    assert list(main["method"]) == ["HDMNet", "Training-free baseline (prototype)"]
+    baseline = main.iloc[1]
+    for f in range(4):
+        assert baseline[f"fold{f}"] == pytest.approx(31.0 + f)  # mean over training seeds 1, 2
+        assert baseline[f"fold{f}_std"] == pytest.approx(2**0.5, abs=1e-3)
+    assert baseline["mean"] == pytest.approx(32.5)
+    hdmnet = main.iloc[0]
+    assert hdmnet["fold0"] == pytest.approx(
+        sum(expected_miou(r) for r in runs if r.fold == 0 and r.variant == "full") / 2
+    )
+    md = (out / "main.md").read_text()
+    assert "Training-free baseline (prototype): masked-average prototype, cosine" in md
+    assert "thresholds chosen: 0.5, 0.6" in md
+    # Records without the section (eval.baseline: none) leave the table as it was.
+    plain = default_params(project_root, tmp_path / "plain", "grid.shots=[1]")
+    write_grid(plain, training=False)
+    assert "Method" not in render_main_markdown(plain) and "baseline" not in render_main_markdown(
+        plain
+    )

@@ -18,6 +18,7 @@ from hdmnet import commands, identity, layout
 from hdmnet.config import VARIANT_NAME, Params
 from hdmnet.data.classes import COCO_CATEGORIES, VOC_CLASSES
 from hdmnet.errors import StageError
+from hdmnet.evaluate.baseline import baseline_section, evaluate_baseline
 from hdmnet.evaluate.metrics import FewShotMeter
 from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
 from hdmnet.fileio import file_digest
@@ -177,6 +178,11 @@ def evaluate(
         record["config_digest"] = job
         if external is not None:
             record["external"] = {"name": external.name, "path": str(path), "sha256": sha256}
+        elif params.eval.baseline != "none":
+            # The model's frozen encoder is the run's base learner (its checkpoint holds it).
+            found = evaluate_baseline(params, run, params.eval.baseline, encoder=model)
+            record["baseline"] = baseline_section(found)
+            tracker.log_metrics({"baseline_miou": record["baseline"]["miou"]})
         record["mlflow_run_id"] = tracker.run_id
         write_record(target, record)
         outputs = record["outputs"]
@@ -187,8 +193,9 @@ def evaluate(
         # One row per test seed (a table: a metric's step is no place for a seed number).
         tracker.log_table("per_seed.json", per_seed_rows(outputs))
         tracker.log_artifact(target)
+    baseline = "baseline" in record
     log.info(
-        "%s: mIoU %.2f (meta %.2f), FB-IoU %.2f over %d seeds x %d episodes in %.1f s",
+        "%s: mIoU %.2f (meta %.2f), FB-IoU %.2f over %d seeds x %d episodes in %.1f s%s",
         run.name,
         record["miou"],
         record["outputs"]["meta"]["miou"],
@@ -196,6 +203,7 @@ def evaluate(
         len(params.eval.seeds),
         schedule.test_episodes,
         result.seconds,
+        f"; training-free baseline {record['baseline']['miou']:.2f}" if baseline else "",
     )
     return record
 

@@ -47,6 +47,8 @@ NOTES = {
     "external": "HDMNet (external: {name}): a checkpoint made outside this pipeline, tested with "
     "the same protocol and episodes (hdmnet evaluate --checkpoint FILE --name {name}); its "
     "records are in results/external/{name}/.",
+    "baseline": "Training-free baseline ({method}): {what} (thresholds chosen: {thresholds}; "
+    "eval.baseline). It learns nothing: HDMNet's row minus this one is what meta-training adds.",
     "outside_grid": "{path} left out: its dataset, backbone or shot is not in the grid.",
     "ablation": "mIoU (%) of the final output, mean over the test seeds; in parentheses the "
     "variant minus the full model on the same folds, ± its spread. Meta / Base mean: the meta "
@@ -263,6 +265,42 @@ def _external_rows(
     return rows
 
 
+def _baseline_rows(cells: Cells, setting: dict, group: str, several: bool) -> list:
+    """The row of the training-free baseline that ``cells``' records carry (none without)."""
+    found: Cells = {}
+    for seed, by_fold in cells.items():
+        sections = {
+            f: (m, m.record["baseline"]) for f, m in by_fold.items() if "baseline" in m.record
+        }
+        found[seed] = {
+            f: Metrics(m.run, m.path, {k: section[k] for k in ("miou", "fbiou", "method")})
+            for f, (m, section) in sections.items()
+        }
+    if not any(found.values()):
+        return []
+    values, row = _variant_row(found, {}, group, "baseline", several)
+    method = next(m.record["method"] for c in found.values() for m in c.values())
+    values |= {**setting, "method": f"Training-free baseline ({method})", "source": "baseline"}
+    return [(values, row)]
+
+
+def _baseline_notes(metrics: dict[Run, Metrics]) -> list[str]:
+    """What each baseline shown is, and the thresholds its cells chose."""
+    what: dict[str, str] = {}
+    chosen: dict[str, set[float]] = {}
+    for item in metrics.values():
+        section = item.record.get("baseline")
+        if section is not None and item.run.variant == "full":
+            what[section["method"]] = section["what"]
+            chosen.setdefault(section["method"], set()).add(float(section["threshold"]))
+    return [
+        NOTES["baseline"].format(
+            method=method, what=what[method], thresholds=", ".join(f"{t:g}" for t in sorted(ts))
+        )
+        for method, ts in sorted(chosen.items())
+    ]
+
+
 def _setting_of(item: Metrics) -> dict[str, Any]:
     return {"dataset": item.run.dataset, "backbone": item.run.backbone, "shot": item.run.shot}
 
@@ -313,7 +351,8 @@ def main_table(
             rows.append(
                 ({**diff, **setting, "source": "ours - paper"}, Row(group, "diff", row.runs))
             )
-        rows += _external_rows(external, setting, group, several)
+        baseline = _baseline_rows(cells, setting, group, several)
+        rows += baseline + _external_rows(external, setting, group, several)
     notes = [NOTES["main"], selection_note(metrics[r] for r in metrics if r.variant == "full")]
     shown, outside = _external_shown(external, settings)
     split = params.data.coco_split
@@ -328,8 +367,9 @@ def main_table(
     notes += [NOTES[key].format(**values) for key, on in wanted.items() if on]
     notes += [NOTES["external"].format(name=name) for name in shown]
     notes += [*left_out, *(NOTES["outside_grid"].format(path=m.path) for m in outside)]
-    notes += _seed_notes(params)
-    marked = [Column("method", "Method", "text")] if shown else []
+    notes += _baseline_notes(metrics) + _seed_notes(params)
+    has_baseline = any(row.role == "baseline" for _, row in rows)
+    marked = [Column("method", "Method", "text")] if shown or has_baseline else []
     columns = [*marked, *_setting_columns(not compare), *source, *_result_columns("num")]
     title = f"Main results{_on_data(params, grid.datasets)}: mIoU (%) per fold, full model"
     table = Table.build("main", title, columns, rows, notes, ROW_KEYS)
