@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,25 @@ def test_the_no_gpu_error_says_how_to_train_on_the_cpu(stage, monkeypatch, capsy
     assert cli.main([stage, "--params", "presets/paper.yaml", *PAPER_CELL, *shot]) == 2
     (err,) = capsys.readouterr().err.splitlines()
     assert "needs 4 GPUs but the machine has 0" in err and "-s train.gpus=0" in err
+
+
+def test_missing_prepared_data_suggests_commands_with_the_given_parameters(monkeypatch, tmp_path):
+    """A job started before its data was prepared names the commands that make it, with the
+    --params and -s it was given (pasting them must not prepare the default preset's data)."""
+    from hdmnet.config import resolve_params
+    from hdmnet.errors import StageError
+    from hdmnet.jobs.inputs import dataset_root, fold_folder
+
+    monkeypatch.chdir(ROOT)
+    params = resolve_params(["presets/paper.yaml"], [f"paths.data={tmp_path}"])
+    given = f"--params presets/paper.yaml -s paths.data={tmp_path}"
+    with pytest.raises(StageError) as missing:
+        dataset_root(params, "coco")
+    assert f"hdmnet download {given} --dataset coco && hdmnet prepare {given} coco" in str(
+        missing.value
+    )
+    with pytest.raises(StageError, match=f"run hdmnet prepare {re.escape(given)} coco"):
+        fold_folder(params, "coco", 0)
 
 
 def test_suggested_commands_keep_the_given_parameter_files_and_overrides(monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from hdmnet import layout
+from hdmnet import commands, layout
 from hdmnet.config import Params
 from hdmnet.errors import StageError
 
@@ -16,7 +16,7 @@ def dataset_root(params: Params, dataset: str) -> Path:
     if not (root / "prepared.json").exists():
         raise StageError(
             f"{root / 'prepared.json'} not found: prepare the data first "
-            f"(hdmnet download --dataset {dataset} && hdmnet prepare {dataset})"
+            f"({commands.download(dataset, params)} && {commands.prepare(dataset, params)})"
         )
     return root
 
@@ -24,7 +24,7 @@ def dataset_root(params: Params, dataset: str) -> Path:
 def fold_folder(params: Params, dataset: str, fold: int) -> Path:
     folder = layout.fold_dir(params, dataset, fold)
     if not (folder / "summary.json").exists():
-        raise StageError(f"fold lists {folder} not found: run hdmnet prepare {dataset}")
+        raise StageError(f"fold lists {folder} not found: run {commands.prepare(dataset, params)}")
     return folder
 
 
