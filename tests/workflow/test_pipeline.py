@@ -203,14 +203,24 @@ def test_a_second_training_seed_runs_every_job_again_and_the_tables_average_the_
     # The tables: mean ± std over the two training seeds, the CSV with both as numbers.
     runs = [json.loads(p.read_text()) for p in (records(321)[3], records(322)[3])]
     main = pd.read_csv(results / "tables" / "main.csv")
-    assert list(main["train_seeds"]) == [2]
+    assert list(main["method"]) == ["HDMNet", "Training-free baseline (prototype)"]
+    assert list(main["train_seeds"]) == [2, 2]
     assert main["fold0"].iloc[0] == pytest.approx(statistics.mean(r["miou"] for r in runs))
     assert main["fold0_std"].iloc[0] == pytest.approx(statistics.stdev(r["miou"] for r in runs))
-    pm = r"\d+\.\d ± \d+\.\d"
-    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| embedded")]
-    assert re.fullmatch(
-        rf"\| embedded PASCAL-like \| small \| 1 \| {pm} \| - \| - \| - \| {pm} \| {pm} \|", row
+    # The baseline row: the records' own baseline sections, averaged the same way.
+    baselines = [r["baseline"]["miou"] for r in runs]
+    # (the CSV keeps 4 decimals)
+    assert main["fold0"].iloc[1] == pytest.approx(statistics.mean(baselines), abs=1e-3)
+    assert main["fold0_std"].iloc[1] == pytest.approx(statistics.stdev(baselines), abs=1e-3)
+    summary = json.loads((results / "tables" / "metrics.json").read_text())["main"]
+    assert summary["pascal-small-1shot"]["baseline_miou"] == pytest.approx(
+        statistics.mean(baselines), abs=0.005
     )
+    pm = r"\d+\.\d ± \d+\.\d"
+    rows = [line for line in done.stdout.splitlines() if "| embedded PASCAL-like |" in line]
+    for row, method in zip(rows, ("HDMNet", r"Training-free baseline \(prototype\)"), strict=True):
+        cells = rf"embedded PASCAL-like \| small \| 1 \| {pm} \| - \| - \| - \| {pm} \| {pm}"
+        assert re.fullmatch(rf"\| {method} \| {cells} \|", row), row
     ablation = (results / "tables" / "ablation.md").read_text()
     assert re.search(rf"\| no_distill \|.*\| {pm} \([+-]{pm}(, within noise)?\) \|", ablation)
     assert "Mean ± std over 2 training seeds (321, 322)" in ablation
@@ -279,7 +289,7 @@ def test_after_the_demo_dvc_is_clean_and_nothing_reruns(pipeline):
     assert "results recorded" not in again and "Report:" in again
     assert files(tree) == before
 
-    # `dvc metrics show`: the compact metrics file only (5 numbers for this grid).
+    # `dvc metrics show`: the compact metrics file only (6 numbers for this grid).
     (shown,) = json.loads(dvc(tree, "metrics", "show", "--json")).values()
     assert list(shown["data"]) == ["results/tables/metrics.json"]
     assert shown["data"]["results/tables/metrics.json"]["data"].keys() == {"main", "ablation"}
@@ -287,7 +297,7 @@ def test_after_the_demo_dvc_is_clean_and_nothing_reruns(pipeline):
     assert header == [
         "Path",
         *(f"ablation.pascal-small-1shot.no_distill.{k}" for k in ("delta", "miou")),
-        *(f"main.pascal-small-1shot.{k}" for k in ("fbiou", "meta_miou", "miou")),
+        *(f"main.pascal-small-1shot.{k}" for k in ("baseline_miou", "fbiou", "meta_miou", "miou")),
     ]
 
 

@@ -21,7 +21,6 @@ themselves, is an upper bound of the baseline).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from hdmnet.data.episodes import EpisodeDataset, bbox_mask, binary_mask, load_pa
 from hdmnet.data.lists import ListItem
 from hdmnet.data.transforms import EvalTransform
 from hdmnet.errors import StageError
-from hdmnet.evaluate.metrics import FewShotMeter, upsample_to_label
+from hdmnet.evaluate.metrics import FewShotMeter, summarise_seeds, upsample_to_label
 from hdmnet.jobs.checks import base_cell, require_identity
 from hdmnet.jobs.inputs import dataset_root, fold_folder
 from hdmnet.layout import Run
@@ -185,27 +184,7 @@ class BaselineScorer:
                 class_index = dataset.classes.index(recipe.class_id)
                 for t, per_seed in meters.items():
                     per_seed[seed].update(class_index, (sim > t).long(), label_t)
-        return {t: _summary(per_seed, classes) for t, per_seed in meters.items()}
-
-
-def _summary(meters: dict[int, FewShotMeter], classes: tuple[int, ...]) -> dict[str, Any]:
-    per_seed = [
-        {"seed": seed, "miou": 100 * m.miou(), "fbiou": 100 * m.fbiou()}
-        for seed, m in meters.items()
-    ]
-    mious = np.array([s["miou"] for s in per_seed])
-    fbious = np.array([s["fbiou"] for s in per_seed])
-    with warnings.catch_warnings():  # a class no episode drew (tuning) stays NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        class_iou = np.nanmean(np.stack([m.class_iou() for m in meters.values()]), axis=0)
-    return {
-        "miou": float(mious.mean()),
-        "miou_std": float(mious.std()),
-        "fbiou": float(fbious.mean()),
-        "fbiou_std": float(fbious.std()),
-        "per_seed": per_seed,
-        "class_iou": {str(c): float(100 * v) for c, v in zip(classes, class_iou, strict=True)},
-    }
+        return {t: summarise_seeds(per_seed, classes) for t, per_seed in meters.items()}
 
 
 def baseline_encoder(params: Params, run: Run) -> HDMNet:

@@ -19,7 +19,7 @@ from hdmnet.config import VARIANT_NAME, Params
 from hdmnet.data.classes import COCO_CATEGORIES, VOC_CLASSES
 from hdmnet.errors import StageError
 from hdmnet.evaluate.baseline import baseline_section, evaluate_baseline
-from hdmnet.evaluate.metrics import FewShotMeter
+from hdmnet.evaluate.metrics import FewShotMeter, summarise_seeds
 from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
 from hdmnet.fileio import file_digest
 from hdmnet.jobs.checks import ensure_writable, meta_cell, require_identity
@@ -61,24 +61,10 @@ def summarise(
     meters: dict[int, dict[str, FewShotMeter]], classes: tuple[int, ...]
 ) -> dict[str, dict[str, Any]]:
     """Mean, standard deviation and per-seed values of mIoU and FB-IoU (in %) per output."""
-    summary: dict[str, dict[str, Any]] = {}
-    for name in OUTPUTS:
-        per_seed = [
-            {"seed": seed, "miou": 100 * m[name].miou(), "fbiou": 100 * m[name].fbiou()}
-            for seed, m in meters.items()
-        ]
-        mious = np.array([s["miou"] for s in per_seed])
-        fbious = np.array([s["fbiou"] for s in per_seed])
-        class_iou = np.nanmean(np.stack([m[name].class_iou() for m in meters.values()]), axis=0)
-        summary[name] = {
-            "miou": float(mious.mean()),
-            "miou_std": float(mious.std()),
-            "fbiou": float(fbious.mean()),
-            "fbiou_std": float(fbious.std()),
-            "per_seed": per_seed,
-            "class_iou": {str(c): float(100 * v) for c, v in zip(classes, class_iou, strict=True)},
-        }
-    return summary
+    return {
+        name: summarise_seeds({seed: m[name] for seed, m in meters.items()}, classes)
+        for name in OUTPUTS
+    }
 
 
 def per_seed_rows(outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,10 @@ IoU accumulated over all episodes (PROTOCOL.md).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -94,6 +98,29 @@ class FewShotMeter:
         self.fb_inter += other.fb_inter
         self.fb_union += other.fb_union
         self.episodes += other.episodes
+
+
+def summarise_seeds(meters: dict[int, FewShotMeter], classes: Sequence[int]) -> dict[str, Any]:
+    """One output's results over the test seeds (``meters``: seed -> its meter), in %: mean and
+    standard deviation of mIoU and FB-IoU, the per-seed values and the per-class IoU (mean over
+    the seeds; a class no episode drew stays NaN)."""
+    per_seed = [
+        {"seed": seed, "miou": 100 * m.miou(), "fbiou": 100 * m.fbiou()}
+        for seed, m in meters.items()
+    ]
+    mious = np.array([s["miou"] for s in per_seed])
+    fbious = np.array([s["fbiou"] for s in per_seed])
+    with warnings.catch_warnings():  # nanmean warns on an all-NaN column
+        warnings.simplefilter("ignore", RuntimeWarning)
+        class_iou = np.nanmean(np.stack([m.class_iou() for m in meters.values()]), axis=0)
+    return {
+        "miou": float(mious.mean()),
+        "miou_std": float(mious.std()),
+        "fbiou": float(fbious.mean()),
+        "fbiou_std": float(fbious.std()),
+        "per_seed": per_seed,
+        "class_iou": {str(c): float(100 * v) for c, v in zip(classes, class_iou, strict=True)},
+    }
 
 
 class SemanticMeter:

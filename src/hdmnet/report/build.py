@@ -81,8 +81,9 @@ def metrics_summary(params: Params, metrics: dict[Run, Metrics]) -> dict[str, An
     """The handful of numbers `dvc metrics show` and `dvc exp show` print (dvc.yaml's one
     ``metrics:`` file), instead of whole records (configuration, hashes, per-class IoUs: 169
     columns each). ``main``: per setting of the main table (``<dataset>-<backbone>-<k>shot``)
-    the mean mIoU and FB-IoU of the final output, as the table has them, and the meta output's
-    mean mIoU, averaged the same way (over the folds, then the training seeds). ``ablation``:
+    the mean mIoU and FB-IoU of the final output, as the table has them, the meta output's
+    mean mIoU, averaged the same way (over the folds, then the training seeds), and the
+    training-free baseline's mean mIoU where the records carry it (``eval.baseline``). ``ablation``:
     per ablation setting and variant its mean mIoU and its delta to the full model, as in the
     ablation table. In %, rounded to 2 decimals; a value the grid does not have is left out."""
     main, ablation = tables.main_table(params, metrics), tables.ablation_table(params, metrics)
@@ -92,6 +93,9 @@ def metrics_summary(params: Params, metrics: dict[Run, Metrics]) -> dict[str, An
             values["meta"] = _meta_mean(params, metrics, values)
             keys = {"miou": "mean", "fbiou": "fbiou", "meta_miou": "meta"}
             summary["main"][_setting_key(values)] = _rounded(values, keys)
+        elif row.role == "baseline":  # follows its setting's own row
+            baseline = _rounded(values, {"baseline_miou": "mean"})
+            summary["main"][_setting_key(values)] |= baseline
     for values, row in zip(ablation.records(), ablation.rows, strict=True):
         if row.role != "full":
             found = _rounded(values, {"miou": "mean", "delta": "mean_delta"})
