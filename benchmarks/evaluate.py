@@ -4,11 +4,12 @@
     python benchmarks/evaluate.py --scale 5 --backbone resnet50 --episodes 1000 \\
         --cache-mb 4096 --shot 1                                      # the paper protocol
 
-Data: the embedded PASCAL data set generated at ``--scale`` (``synth.scale``; 5 gives a fold-0
-test list about the size of the real one, 346 query images) and prepared in a temp folder, or
-``--data`` (a prepared ``paths.data``). Model: ``--checkpoint``; else, for the small backbone, a
-base and a meta learner trained quickly (1 epoch each, small crops); else random weights
-(ResNet-50: the passes and the time do not depend on the weights).
+Data: the embedded PASCAL data set generated at ``--scale`` (``synth.scale``; with the
+generator's current counts 5 gives a fold-0 test list of 134 items, the real one has about 350)
+and prepared in a temp folder, or ``--data`` (a prepared ``paths.data``). Model:
+``--checkpoint``; else, for the small backbone, a base and a meta learner trained quickly (1 epoch
+each, small crops); else random weights (ResNet-50: the passes and the time do not depend on the
+weights).
 
 In one process (``--threads``, default 2):
 

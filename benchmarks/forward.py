@@ -128,7 +128,7 @@ def train_fns(model: HDMNet, ep: dict[str, Any]) -> dict[str, Callable[[], Any]]
         optimizer.zero_grad(set_to_none=True)
         out.losses["total"].backward()
         optimizer.step()
-        return float(out.losses["total"])
+        return float(out.losses["total"].detach())
 
     def ref() -> float:
         model.train()
@@ -144,7 +144,7 @@ def train_fns(model: HDMNet, ep: dict[str, Any]) -> dict[str, Callable[[], Any]]
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
-        return float(losses["total"])
+        return float(losses["total"].detach())
 
     return {"ours": ours, "reference": ref}
 
@@ -239,7 +239,10 @@ def train_check(model: HDMNet, ep: dict[str, Any]) -> dict[str, Any]:
     # (kshot_rw's, about 1e-13) would otherwise dominate a per-parameter ratio.
     grad_diff = max(float((a - b).abs().max()) for a, b in pairs if a is not None) / scale
     return {
-        "loss_diff": {k: abs(float(out.losses[k]) - float(ref_losses[k])) for k in ref_losses},
+        "loss_diff": {
+            k: abs(float(out.losses[k].detach()) - float(ref_losses[k].detach()))
+            for k in ref_losses
+        },
         "max_grad_diff_relative_to_largest": grad_diff,
     }
 

@@ -197,6 +197,29 @@ def test_bf16_encoder_stays_close_and_returns_float32():
     assert float((half.final - plain.final).abs().max()) < 0.1
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_encoder_warns_only_where_the_cpu_emulates_bfloat16(native, monkeypatch, caplog):
+    from hdmnet.model import fused
+
+    model = build("small", 1, embed_dim=16)
+    monkeypatch.setattr(fused, "cpu_bf16_supported", lambda: native)
+    with caplog.at_level("WARNING", logger="hdmnet.model"):
+        FrozenEncoder(model, torch.device("cpu"), torch.bfloat16)
+        FrozenEncoder(model, torch.device("cpu"), torch.float32)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if native:
+        assert warnings == []
+    else:  # one warning, for the bf16 encoder only, naming the missing CPU flags
+        assert len(warnings) == 1 and "avx512_bf16" in warnings[0]
+
+
+def test_cpu_bf16_support_is_what_onednn_reports():
+    from hdmnet.model.fused import cpu_bf16_supported
+
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert cpu_bf16_supported() is expected
+
+
 def test_builders_wire_channels_last_and_bf16():
     from hdmnet.model.pspnet import build_pspnet
 

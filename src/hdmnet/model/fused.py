@@ -10,13 +10,18 @@ the convolution (``w * g / sqrt(v + eps)``, ``b + (beta - mean * g / sqrt(v + ep
   residual sum fused into the convolution (no separate pass over the activations);
 - elsewhere (CUDA, builds without oneDNN), through ``F.conv2d`` with the folded weights.
 
-Only the rounding differs from the module path (relative differences of a few 1e-6 on the
-features; the HDMNet outputs stay within 1e-4 with the same argmax, checked by
-``tests/model/test_fused.py``). On the 2-core development CPU this makes a ResNet-50 pass at
-473 px about 1.5x faster (``benchmarks/forward.py --parts``). The model's parameters are not
-touched: the encoder holds derived copies (the model's state-dict keys stay the official ones),
-and :meth:`FrozenEncoder.matches` tells the owner when the source tensors changed (a checkpoint
-was loaded, the model moved to another device) so that it rebuilds the copies.
+Only the rounding differs from the module path: folding rounds each weight once more, which
+moves the features by about 2e-6 (relative), twice what running on 1 instead of 2 threads moves
+them; the HDMNet outputs stay within 1e-4 with the same argmax
+(``tests/model/test_fused_and_codes.py``). What it saves is the module path's separate
+BatchNorm, ReLU and residual-sum passes over the activations: ``benchmarks/forward.py --parts``
+(ResNet-50, 473 px, 2 threads, side by side with the official-style backbone) measured x1.55
+for the 2 images of a 1-shot episode and x1.26 for the 6 of a 5-shot one, on the shared 2-core
+machine with other jobs running (load average 5-13; README, "Tests and benchmarks"). The
+model's parameters are not touched: the encoder holds derived copies (the model's state-dict keys
+stay the official ones), and :meth:`FrozenEncoder.matches` tells the owner when the source tensors
+changed (a checkpoint was loaded, the model moved to another device) so that it rebuilds the
+copies.
 
 ``dtype=torch.bfloat16`` gives the bf16 variant: weights and activations in bfloat16 through
 oneDNN (AMX / AVX-512-BF16 where the CPU has them), features returned in float32.
@@ -24,6 +29,7 @@ oneDNN (AMX / AVX-512-BF16 where the CPU has them), features returned in float32
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import torch
@@ -32,10 +38,21 @@ from torch import Tensor, nn
 
 from hdmnet.model.backbone import Bottleneck
 
+log = logging.getLogger("hdmnet.model")
+
 
 def onednn_available(device: torch.device) -> bool:
     """True where the fused oneDNN convolutions run (CPU builds with mkldnn)."""
     return device.type == "cpu" and bool(torch.backends.mkldnn.is_available())
+
+
+def cpu_bf16_supported() -> bool:
+    """True if oneDNN runs bfloat16 natively on this CPU (AVX-512-BF16 / AMX; lscpu lists
+    ``avx512_bf16`` / ``amx_bf16``); elsewhere bf16 convolutions are emulated, and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
@@ -113,6 +130,11 @@ class FrozenEncoder:
         self.dtype = dtype
         self.channels_last = channels_last
         self.onednn = onednn_available(device)
+        if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_bf16_supported():
+            log.warning(
+                "model.bf16: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16); the "
+                "frozen encoder runs emulated bf16, slower than float32"
+            )
         self.sources = tuple(frozen_tensors(owner))
         self.key = tensor_key(self.sources)
         with torch.inference_mode(False), torch.no_grad():
@@ -201,4 +223,4 @@ def tensor_key(tensors: Iterable[Tensor]) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
-__all__ = ["FoldedConv", "FrozenEncoder", "fold_bn", "onednn_available"]
+__all__ = ["FoldedConv", "FrozenEncoder", "cpu_bf16_supported", "fold_bn", "onednn_available"]
