@@ -157,8 +157,14 @@ def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[
         record = json.loads((layout.base_dir(params, base) / "record.json").read_text())
         train_seconds += record["seconds"]
     timing_file = folder / "timing.json"
-    wall = json.loads(timing_file.read_text())["wall_seconds"] if timing_file.exists() else None
-    return {"miou": miou, "baseline": baseline, "train_seconds": train_seconds, "wall": wall}
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    return {
+        "miou": miou,
+        "baseline": baseline,
+        "train_seconds": train_seconds,
+        "wall": timing.get("wall_seconds"),
+        "cores": timing.get("cores"),  # of the run that measured it, not of this invocation
+    }
 
 
 def summarise(args: argparse.Namespace, results: dict[RunSpec, dict[str, Any]]) -> bool:
@@ -230,10 +236,8 @@ def summarise(args: argparse.Namespace, results: dict[RunSpec, dict[str, Any]]) 
                 )
     print("\ntimes")
     for s in specs:
-        wall = results[s]["wall"]
-        wall_text = (
-            f"{wall / 60:.1f} min wall ({args.cores} cores)" if wall else "wall not measured"
-        )
+        wall, cores = results[s]["wall"], results[s]["cores"]
+        wall_text = f"{wall / 60:.1f} min wall ({cores} cores)" if wall else "wall not measured"
         jobs = results[s]["train_seconds"] / 60
         print(f"  {s.name}: {wall_text}, training jobs {jobs:.1f} min in all")
     print("\nacceptance")

@@ -101,7 +101,8 @@ def test_a_killed_retrain_never_leaves_a_stale_number(tree):
     a dry run with another parameter file looks on: the retrain resumes to the result of an
     uninterrupted run, every evaluation reruns, the tables show the new rate's numbers only, and
     a further run has nothing to do."""
-    (tree / "lr.yaml").write_text(yaml.safe_dump({"meta": {"pascal": {"lr": 0.002}}}))
+    lr = 2 * tree_params(tree).meta.pascal.lr  # a change of the preset's rate, whatever it is
+    (tree / "lr.yaml").write_text(yaml.safe_dump({"meta": {"pascal": {"lr": lr}}}))
     (tree / "other.yaml").write_text(
         yaml.safe_dump({"eval": {"seeds": [1, 2, 3]}, "meta": {"pascal": {"test_episodes": 5}}})
     )
@@ -142,7 +143,7 @@ def test_a_killed_retrain_never_leaves_a_stale_number(tree):
     assert "resuming train" in logs
     for run_ in RUNS:
         record = json.loads(layout.metrics_file(new, run_).read_text())
-        assert record["config"]["meta"]["pascal"]["lr"] == 0.002, run_
+        assert record["config"]["meta"]["pascal"]["lr"] == lr, run_
         assert record["config_digest"] == identity.evaluation(new, run_)
         # The live run's protocol, not the dry run's.
         assert (record["seeds"], record["episodes_per_seed"]) == ([510, 365], 12)
