@@ -247,6 +247,9 @@ def test_hdmnet_demo_continues_after_ctrl_c(tree):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # with Ctrl-C's default action: a test run started in the background (`cmd &` in a
+        # script) inherits SIGINT ignored, and the demo would then never see it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(lambda: processes(tree, "hdmnet", "train"), "a training job", timeout=300)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
