@@ -17,7 +17,8 @@ from tests.report.fixtures_records import default_params, episode, write_grid
 
 from hdmnet import layout
 from hdmnet.layout import Run
-from hdmnet.report.build import QUALITATIVE_EPISODES, build_report
+from hdmnet.report.build import build_report
+from hdmnet.report.figures import QUALITATIVE_EPISODES
 
 IMG = re.compile(r'<img src="data:(image/(?:png|jpeg));base64,([A-Za-z0-9+/=]+)"')
 

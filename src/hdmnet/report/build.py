@@ -4,34 +4,23 @@ the self-contained HTML ablation report). Both read records only (see ``hdmnet.r
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hdmnet import layout
 from hdmnet.config import Params
-from hdmnet.evaluate.views import EpisodeView
 from hdmnet.fileio import write_text
 from hdmnet.layout import Run
-from hdmnet.progress import progress
-from hdmnet.report import collect, figures, html, provenance, tables, variants
+from hdmnet.report import collect, figures, html, provenance, spread, tables, variants
 from hdmnet.report.collect import Metrics, load_external, load_metrics
-from hdmnet.report.paper import backbone_name, compare_with_paper, data_name
-from hdmnet.report.spread import mean
+from hdmnet.report.figures import Predictions
+from hdmnet.report.paper import compare_with_paper, data_name
 from hdmnet.report.table import FORMATS, Table, to_markdown
-
-# Episodes per qualitative grid: enough to see the behaviour, small enough for the HTML size.
-QUALITATIVE_EPISODES = 4
-PHOTOS = {"qualitative", "correlation"}  # figures of images, embedded as JPEG
 
 # The compact metrics file in the tables folder: dvc.yaml declares it as the one metrics file.
 METRICS_FILE = "metrics.json"
-
-Predictions = Callable[[Run, int], list[EpisodeView]]
-Training = dict[Run, dict[str, Any] | None]
-BaseTraining = dict[tuple[str, str, int], dict[str, Any] | None]
 
 
 def _tables(
@@ -117,15 +106,11 @@ def _rounded(values: dict[str, Any], keys: dict[str, str]) -> dict[str, float]:
 def _meta_mean(
     params: Params, metrics: dict[Run, Metrics], setting: dict[str, Any]
 ) -> float | None:
-    """The full model's meta-output mIoU in one main-table setting: per training seed the mean
-    over the folds run, then over the seeds (how the main table averages the final output)."""
+    """The full model's meta-output mIoU in one main-table setting, averaged as the table
+    averages the final output (``spread.row_values``: over the folds run, then the seeds)."""
     cell = {key: setting[key] for key in ("dataset", "backbone", "shot")}
-    per_seed = []
-    for seed in params.grid.train_seeds:
-        runs = (Run(**cell, variant="full", fold=fold, seed=seed) for fold in params.grid.folds)
-        found = [metrics[run].record for run in runs if run in metrics]
-        per_seed.append(mean(rec.get("outputs", {}).get("meta", {}).get("miou") for rec in found))
-    return mean(per_seed)
+    cells = collect.cells(metrics, cell, "full", params.grid.folds, params.grid.train_seeds)
+    return spread.row_values(cells, {})["meta_mean"]
 
 
 def render_main_markdown(params: Params) -> str:
@@ -155,7 +140,9 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
     shown = collect.LIST_MISSING
     more = [f"and {len(missing) - shown} more"] if len(missing) > shown else []
     commits, mixed_commits = provenance.commits(metrics.values())
-    qualitative = None if predictions is None else _qualitative(params, main_runs, predictions, out)
+    qualitative = None
+    if predictions is not None:
+        qualitative = figures.qualitative_figures(params, main_runs, predictions, out)
     document = html.render(
         params=params,
         compared=compare_with_paper(params),
@@ -171,9 +158,9 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
         main=main,
         ablation=ablation,
         reference=reference,
-        ablation_figures=_ablation_figures(params, ablation, training, out),
+        ablation_figures=figures.ablation_figures(params, ablation, training, out),
         variant_config=variants.configuration(params),
-        training_figures=_training_figures(params, metrics, training, base_training, out),
+        training_figures=figures.training_figures(params, metrics, training, base_training, out),
         missing_training=[*map(str, missing[:shown]), *more],
         qualitative=qualitative,
         provenance=[
@@ -187,129 +174,3 @@ def build_report(params: Params, predictions: Predictions | None = None) -> Path
     path = layout.report_file(params)
     write_text(path, document)
     return path
-
-
-def _figure(fig: Any, out: Path, kind: str, stem: str, title: str) -> html.Figure:
-    """Save ``fig`` as ``<kind>-<stem>.png`` in ``out`` and embed it (image grids as JPEG)."""
-    path = figures.save_figure(fig, out / f"{kind}-{stem}.png")
-    return html.Figure(kind, title, html.data_uri(path, photo=kind in PHOTOS))
-
-
-def _setting(params: Params, dataset: str, backbone: str, shot: int | None = None) -> str:
-    """A setting as figure titles and headings name it (the data as ``data_name`` does)."""
-    names = [data_name(params, dataset), backbone_name(backbone)]
-    return ", ".join([*names, *([f"{shot}-shot"] if shot else [])])
-
-
-def _ablation_figures(
-    params: Params, table: Table, training: Training, out: Path
-) -> list[html.Figure]:
-    """Per ablation setting: mean mIoU of each variant with its delta, its spread and whether it
-    is within noise (from the ablation table; error bars: the spread over training seeds), and
-    per fold the training curves of the variants (of the first training seed)."""
-    ab, seeds = params.ablation, params.grid.train_seeds
-    rows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for row in table.records():
-        rows.setdefault((row["dataset"], row["backbone"], row["shot"]), []).append(row)
-    shown, folds = [], ", ".join(map(str, ab.folds))
-    for (dataset, backbone, shot), found in rows.items():
-        by_variant = {row["variant"]: row["mean"] for row in found}
-        stem = f"{dataset}-{backbone}-shot{shot}"
-        if by_variant.get("full") is not None and len(by_variant) > 1:
-            title = f"{_setting(params, dataset, backbone, shot)}, folds {folds}"
-            errors = {row["variant"]: row.get("mean_std") for row in found}
-            deltas = {
-                row["variant"]: (row["mean_delta"], row["mean_delta_std"], row["mean_delta_noise"])
-                for row in found
-                if row["mean_delta"] is not None
-            }
-            bars = figures.ablation_bars(by_variant, title, errors, deltas)
-            shown.append(_figure(bars, out, "ablation", stem, title))
-        for fold in ab.folds:
-            runs = {v: Run(dataset, backbone, v, fold, shot, seeds[0]) for v in by_variant}
-            curves = {v: training[run] for v, run in runs.items() if training.get(run) is not None}
-            if len(curves) >= 2:
-                title = f"{_setting(params, dataset, backbone, shot)}, fold {fold}"
-                title += f", training seed {seeds[0]}" if len(seeds) > 1 else ""
-                stem = f"{dataset}-{backbone}-fold{fold}-shot{shot}"
-                curves_fig = figures.training_curves(curves, title)
-                shown.append(_figure(curves_fig, out, "training-ablation", stem, title))
-    return shown
-
-
-def _training_figures(
-    params: Params,
-    metrics: dict[Run, Metrics],
-    training: Training,
-    base_training: BaseTraining,
-    out: Path,
-) -> list[tuple[str, list[html.Figure]]]:
-    """Per dataset and backbone of the grid: the training curves of the meta and base learners
-    (each training seed's), the IoU per class (per shot) and the spread over test seeds of the
-    full model (with several training seeds, over training seeds too)."""
-    grid = params.grid
-    several = len(grid.train_seeds) > 1
-
-    def seed(value: int | None) -> str:
-        return f", seed {value}" if several else ""
-
-    blocks = []
-    pairs = list(itertools.product(grid.datasets, grid.backbones))
-    for dataset, backbone in progress(pairs, desc="report figures"):
-        setting, stem = _setting(params, dataset, backbone), f"{dataset}-{backbone}"
-        cell = (dataset, backbone, "full")
-        full = [r for r in metrics if (r.dataset, r.backbone, r.variant) == cell]
-        full.sort(key=lambda r: (r.shot, r.fold, r.seed or 0))
-        shown = []
-        curves = {f"fold {r.fold}, {r.shot}-shot{seed(r.seed)}": training.get(r) for r in full}
-        curves = {label: rec for label, rec in curves.items() if rec is not None}
-        if curves:
-            fig = figures.training_curves(curves, f"HDMNet, {setting}")
-            shown.append(_figure(fig, out, "training-meta", stem, setting))
-        learners = {
-            (k.fold, k.seed): rec
-            for k, rec in base_training.items()
-            if (k.dataset, k.backbone) == (dataset, backbone)
-        }
-        base = {
-            f"fold {fold}{seed(s)}": learners[fold, s]
-            for fold, s in sorted(learners)
-            if learners[fold, s] is not None
-        }
-        if base:
-            fig = figures.training_curves(base, f"PSPNet, {setting}")
-            shown.append(_figure(fig, out, "training-base", stem, setting))
-        for shot in grid.shots:
-            records = [metrics[r].record for r in full if r.shot == shot]
-            if any(rec["outputs"]["final"].get("class_iou") for rec in records):
-                title = _setting(params, dataset, backbone, shot)
-                fig = figures.class_iou_bars(records, title)
-                shown.append(_figure(fig, out, "class-iou", f"{stem}-shot{shot}", title))
-        records = [metrics[r].record for r in full]
-        if any(rec["outputs"]["final"].get("per_seed") for rec in records):
-            fig = figures.seed_spread(records, setting)
-            shown.append(_figure(fig, out, "seed-spread", stem, setting))
-        blocks.append((setting, shown))
-    return blocks
-
-
-def _qualitative(
-    params: Params, runs: list[Run], predictions: Predictions, out: Path
-) -> list[html.Figure]:
-    # Per dataset and fold, the first backbone at the smallest shot: what the paper's figures
-    # show, and few enough model runs and images to keep the page a few MB.
-    backbone, shot = params.grid.backbones[0], min(params.grid.shots)
-    shown = []
-    chosen = [r for r in runs if (r.backbone, r.shot) == (backbone, shot)]
-    for run in progress(chosen, desc="qualitative figures"):
-        episodes = predictions(run, QUALITATIVE_EPISODES)
-        if not episodes:
-            continue
-        title = f"{_setting(params, run.dataset, run.backbone, run.shot)}, fold {run.fold}"
-        stem = f"{run.dataset}-{run.backbone}-fold{run.fold}-shot{run.shot}"
-        grid = figures.qualitative_grid(episodes, title)
-        shown.append(_figure(grid, out, "qualitative", stem, title))
-        if any(e.correlations for e in episodes):
-            maps = figures.correlation_figure(episodes, title)
-            shown.append(_figure(maps, out, "correlation", stem, title))
-    return shown

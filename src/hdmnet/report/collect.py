@@ -10,6 +10,9 @@ with the job identity (``hdmnet.identity``) of its cell, and a record made under
 parameters (stale, or copied from another project) is refused with the list of such files, so a
 table never mixes parameter sets. Records of external checkpoints (``hdmnet evaluate
 --checkpoint``) are found in their own folder; a stale one is left out with a note.
+
+``cells`` groups the records of one variant in one setting by training seed and fold, as a table
+row averages them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Metrics:
     external: str | None = None
 
 
+# Training seed (None: an external checkpoint) -> fold -> the record of that cell.
+Cells = dict[int | None, dict[int, Metrics]]
 CELL_KEYS = ("dataset", "backbone", "variant", "fold", "shot")
 
 
@@ -69,6 +74,17 @@ def load_metrics(params: Params, runs: list[Run] | None = None) -> dict[Run, Met
     if missing:
         raise RecordError(f"{len(missing)} metrics record(s) missing:\n  {_listing(missing)}")
     _refuse_stale(stale, "metrics")
+    return found
+
+
+def cells(
+    metrics: dict[Run, Metrics], setting: dict, variant: str, folds: list[int], seeds: list[int]
+) -> Cells:
+    """Training seed -> fold -> metrics of ``variant`` in one setting, for the folds run."""
+    found: Cells = {}
+    for seed in seeds:
+        runs = (Run(**setting, variant=variant, fold=f, seed=seed) for f in folds)
+        found[seed] = {run.fold: metrics[run] for run in runs if run in metrics}
     return found
 
 

@@ -1,14 +1,19 @@
-"""Figures of the report (matplotlib, rendered off screen).
+"""Figures of the report (matplotlib, rendered off screen), and which of them the report shows.
 
-Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so no global backend
-or figure registry is touched (the PNG is drawn by Agg) and tests can inspect the axes before
-``save_figure`` writes it. Inputs are records and ``EpisodeView``s (numpy arrays, made by
+Every drawing function returns a ``matplotlib.figure.Figure`` built without pyplot, so no global
+backend or figure registry is touched (the PNG is drawn by Agg) and tests can inspect the axes
+before ``save_figure`` writes it. Inputs are records and ``EpisodeView``s (numpy arrays, made by
 ``hdmnet.evaluate.examples``), never the model: drawing the report needs no torch.
+
+``ablation_figures``, ``training_figures`` and ``qualitative_figures`` choose the report's
+figures from its tables and records, draw them, save each as a PNG in the figures folder and
+embed it for the page (``hdmnet.report.html``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from hdmnet.config import Params
 from hdmnet.evaluate.views import EpisodeView
 from hdmnet.fileio import atomic_path
-from hdmnet.report.table import NOISE
+from hdmnet.layout import BaseRun, Run
+from hdmnet.progress import progress
+from hdmnet.report import html
+from hdmnet.report.collect import Metrics
+from hdmnet.report.paper import backbone_name, data_name
+from hdmnet.report.table import NOISE, Table
 
 DPI = 100
 IGNORE = 255
@@ -311,3 +322,141 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return path
+
+
+# --- the report's figures: chosen from the tables and records, drawn, saved and embedded -----
+
+# Episodes per qualitative grid: enough to see the behaviour, small enough for the HTML size.
+QUALITATIVE_EPISODES = 4
+PHOTOS = {"qualitative", "correlation"}  # figures of images, embedded as JPEG
+
+Predictions = Callable[[Run, int], list[EpisodeView]]
+Training = dict[Run, dict[str, Any] | None]
+BaseTraining = dict[BaseRun, dict[str, Any] | None]
+
+
+def _embed(fig: Any, out: Path, kind: str, stem: str, title: str) -> html.Figure:
+    """Save ``fig`` as ``<kind>-<stem>.png`` in ``out`` and embed it (image grids as JPEG)."""
+    path = save_figure(fig, out / f"{kind}-{stem}.png")
+    return html.Figure(kind, title, html.data_uri(path, photo=kind in PHOTOS))
+
+
+def _setting(params: Params, dataset: str, backbone: str, shot: int | None = None) -> str:
+    """A setting as figure titles and headings name it (the data as ``data_name`` does)."""
+    names = [data_name(params, dataset), backbone_name(backbone)]
+    return ", ".join([*names, *([f"{shot}-shot"] if shot else [])])
+
+
+def ablation_figures(
+    params: Params, table: Table, training: Training, out: Path
+) -> list[html.Figure]:
+    """Per ablation setting: mean mIoU of each variant with its delta, its spread and whether it
+    is within noise (from the ablation table; error bars: the spread over training seeds), and
+    per fold the training curves of the variants (of the first training seed)."""
+    ab, seeds = params.ablation, params.grid.train_seeds
+    rows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for row in table.records():
+        rows.setdefault((row["dataset"], row["backbone"], row["shot"]), []).append(row)
+    shown, folds = [], ", ".join(map(str, ab.folds))
+    for (dataset, backbone, shot), found in rows.items():
+        by_variant = {row["variant"]: row["mean"] for row in found}
+        stem = f"{dataset}-{backbone}-shot{shot}"
+        if by_variant.get("full") is not None and len(by_variant) > 1:
+            title = f"{_setting(params, dataset, backbone, shot)}, folds {folds}"
+            errors = {row["variant"]: row.get("mean_std") for row in found}
+            deltas = {
+                row["variant"]: (row["mean_delta"], row["mean_delta_std"], row["mean_delta_noise"])
+                for row in found
+                if row["mean_delta"] is not None
+            }
+            bars = ablation_bars(by_variant, title, errors, deltas)
+            shown.append(_embed(bars, out, "ablation", stem, title))
+        for fold in ab.folds:
+            runs = {v: Run(dataset, backbone, v, fold, shot, seeds[0]) for v in by_variant}
+            curves = {v: training[run] for v, run in runs.items() if training.get(run) is not None}
+            if len(curves) >= 2:
+                title = f"{_setting(params, dataset, backbone, shot)}, fold {fold}"
+                title += f", training seed {seeds[0]}" if len(seeds) > 1 else ""
+                stem = f"{dataset}-{backbone}-fold{fold}-shot{shot}"
+                curves_fig = training_curves(curves, title)
+                shown.append(_embed(curves_fig, out, "training-ablation", stem, title))
+    return shown
+
+
+def training_figures(
+    params: Params,
+    metrics: dict[Run, Metrics],
+    training: Training,
+    base_training: BaseTraining,
+    out: Path,
+) -> list[tuple[str, list[html.Figure]]]:
+    """Per dataset and backbone of the grid: the training curves of the meta and base learners
+    (each training seed's), the IoU per class (per shot) and the spread over test seeds of the
+    full model (with several training seeds, over training seeds too)."""
+    grid = params.grid
+    several = len(grid.train_seeds) > 1
+
+    def seed(value: int | None) -> str:
+        return f", seed {value}" if several else ""
+
+    blocks = []
+    pairs = list(itertools.product(grid.datasets, grid.backbones))
+    for dataset, backbone in progress(pairs, desc="report figures"):
+        setting, stem = _setting(params, dataset, backbone), f"{dataset}-{backbone}"
+        cell = (dataset, backbone, "full")
+        full = [r for r in metrics if (r.dataset, r.backbone, r.variant) == cell]
+        full.sort(key=lambda r: (r.shot, r.fold, r.seed or 0))
+        shown = []
+        curves = {f"fold {r.fold}, {r.shot}-shot{seed(r.seed)}": training.get(r) for r in full}
+        curves = {label: rec for label, rec in curves.items() if rec is not None}
+        if curves:
+            fig = training_curves(curves, f"HDMNet, {setting}")
+            shown.append(_embed(fig, out, "training-meta", stem, setting))
+        learners = {
+            (k.fold, k.seed): rec
+            for k, rec in base_training.items()
+            if (k.dataset, k.backbone) == (dataset, backbone)
+        }
+        base = {
+            f"fold {fold}{seed(s)}": learners[fold, s]
+            for fold, s in sorted(learners)
+            if learners[fold, s] is not None
+        }
+        if base:
+            fig = training_curves(base, f"PSPNet, {setting}")
+            shown.append(_embed(fig, out, "training-base", stem, setting))
+        for shot in grid.shots:
+            records = [metrics[r].record for r in full if r.shot == shot]
+            if any(rec["outputs"]["final"].get("class_iou") for rec in records):
+                title = _setting(params, dataset, backbone, shot)
+                fig = class_iou_bars(records, title)
+                shown.append(_embed(fig, out, "class-iou", f"{stem}-shot{shot}", title))
+        records = [metrics[r].record for r in full]
+        if any(rec["outputs"]["final"].get("per_seed") for rec in records):
+            fig = seed_spread(records, setting)
+            shown.append(_embed(fig, out, "seed-spread", stem, setting))
+        blocks.append((setting, shown))
+    return blocks
+
+
+def qualitative_figures(
+    params: Params, runs: list[Run], predictions: Predictions, out: Path
+) -> list[html.Figure]:
+    """The qualitative grid and correlation maps of ``predictions(run, QUALITATIVE_EPISODES)``
+    per dataset and fold of ``runs``, at the first backbone and the smallest shot: what the
+    paper's figures show, and few enough model runs and images to keep the page a few MB."""
+    backbone, shot = params.grid.backbones[0], min(params.grid.shots)
+    shown = []
+    chosen = [r for r in runs if (r.backbone, r.shot) == (backbone, shot)]
+    for run in progress(chosen, desc="qualitative figures"):
+        episodes = predictions(run, QUALITATIVE_EPISODES)
+        if not episodes:
+            continue
+        title = f"{_setting(params, run.dataset, run.backbone, run.shot)}, fold {run.fold}"
+        stem = f"{run.dataset}-{run.backbone}-fold{run.fold}-shot{run.shot}"
+        grid = qualitative_grid(episodes, title)
+        shown.append(_embed(grid, out, "qualitative", stem, title))
+        if any(e.correlations for e in episodes):
+            maps = correlation_figure(episodes, title)
+            shown.append(_embed(maps, out, "correlation", stem, title))
+    return shown

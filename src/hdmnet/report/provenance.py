@@ -8,8 +8,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hdmnet.config import Params
-from hdmnet.report.collect import Metrics
-from hdmnet.report.paper import SOURCE, compare_with_paper
+from hdmnet.report.collect import Cells, Metrics
+from hdmnet.report.paper import FOLDS, SOURCE, compare_with_paper
+from hdmnet.report.spread import ROW_KEYS
 from hdmnet.report.table import Table
 
 PAPER_SOURCE = f"{SOURCE} (spec/PAPER.md)"
@@ -75,9 +76,28 @@ def run_provenance(item: Metrics) -> dict[str, Any]:
     }
 
 
-# A cell's spread in provenance.json: name -> frame column (after the cell's key) or row key.
+def column_runs(cells: Cells, full: Cells) -> dict[str, list[str]]:
+    """Per column key of a variant's row, the names of the runs (every training seed's) its
+    value comes from: the variant's ``cells`` and, for a delta, the full model's ``full``."""
+
+    def names(source: Cells, fold: int | None = None, of: Cells | None = None) -> list[str]:
+        return [
+            run_name(m)
+            for seed, by_fold in source.items()
+            for f, m in by_fold.items()
+            if (fold is None or f == fold) and (of is None or f in of.get(seed, {}))
+        ]
+
+    runs = {f"fold{f}": names(cells, f) + names(full, f) for f in FOLDS}
+    variant = names(cells)
+    runs |= {"meta_mean": variant, "base_mean": variant}
+    runs["mean"] = runs["fbiou"] = variant + names(full, of=cells)
+    return runs
+
+
+# A cell's spread in provenance.json: name -> frame column (after the cell's key); the row-wide
+# keys (``spread.ROW_KEYS``) follow.
 SPREAD = {"std": "_std", "delta_std": "_delta_std", "delta_noise": "_delta_noise"}
-ROW_SPREAD = ("train_seeds", "delta_spread", "delta_n")
 
 
 def cell_provenance(table: Table) -> list[dict[str, Any]]:
@@ -96,7 +116,7 @@ def cell_provenance(table: Table) -> list[dict[str, Any]]:
             cell = {"table": table.name, "row": {k: values[k] for k in keys}}
             cell |= {"column": col.key, "value": value, "runs": row.runs.get(col.key, [])}
             spread = {k: values.get(col.key + s) for k, s in SPREAD.items()}
-            spread |= {k: values.get(k) for k in ROW_SPREAD}
+            spread |= {k: values.get(k) for k in ROW_KEYS}
             if spread["std"] is not None or spread["delta_std"] is not None:
                 cell["spread"] = {k: v for k, v in spread.items() if v is not None}
             cells.append(cell | {"paper": PAPER_SOURCE if paper_used else None})
