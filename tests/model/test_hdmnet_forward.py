@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hdmnet.model.hdmnet import (
     build_hdmnet,
@@ -68,7 +69,13 @@ def test_forward_is_encode_then_decode_and_eval_is_deterministic():
     other = model.encode_support(supports[:, 0], torch.ones_like(masks[:, 0]))
     assert not torch.equal(other.layer4, s[0].layer4)
     manual = model.encode_query(supports[:, 0] * (masks[:, 0] == 1).unsqueeze(1))
-    assert torch.equal(manual.feat5, s[0].feat5)
+    for name in ("layer2", "layer3", "layer4"):
+        assert torch.equal(getattr(manual, name), getattr(s[0], name))
+    # Feature 5 of a support: the same wherever the (resized) foreground reads it.
+    fg = (masks[:, :1] == 1).float()
+    read = F.interpolate(fg, size=manual.feat5.shape[-2:], mode="nearest") > 0
+    assert read.any()
+    assert torch.allclose(manual.feat5 * read, s[0].feat5 * read, atol=1e-6)
 
 
 def test_encode_does_not_keep_a_graph_and_cached_features_survive_decode():

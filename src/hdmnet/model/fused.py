@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hdmnet.model.backbone import Bottleneck
+from hdmnet.model.regions import Box, apply_in_boxes, conv_reach, reach_boxes
 
 log = logging.getLogger("hdmnet.model")
 
@@ -77,9 +78,16 @@ class FoldedConv:
     """``relu?(conv(x) * bn + add?)`` with the BatchNorm folded in (see the module docstring)."""
 
     def __init__(
-        self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, dtype: torch.dtype, onednn: bool
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d | None,
+        dtype: torch.dtype,
+        onednn: bool,
+        inputs: slice = slice(None),
     ) -> None:
+        """``inputs``: the convolution over these input channels only (a share of a sum)."""
         weight, bias = fold_bn(conv, bn)
+        weight = weight[:, inputs].contiguous()
         self.stride = list(conv.stride)
         self.padding = list(conv.padding)
         self.dilation = list(conv.dilation)
@@ -107,6 +115,83 @@ class FoldedConv:
         if add is not None:
             y = y + add
         return torch.relu_(y) if relu else y
+
+
+def interpolation_matrix(n: int, b: int) -> Tensor:
+    """``[n, b]``: 1-d linear upsampling from ``b`` to ``n`` positions with aligned corners,
+    as ``F.interpolate`` weighs them (bilinear upsampling is this along each axis)."""
+    eye = torch.eye(b, dtype=torch.float64).unsqueeze(0)  # b one-hot signals of length b
+    return F.interpolate(eye, size=n, mode="linear", align_corners=True)[0].T
+
+
+class PyramidTerm:
+    """The share of ``cls``'s convolution (+ BN scale) that reads the PPM's upsampled branches,
+    computed on the branches' small grids.
+
+    A branch enters ``cls`` as ``up(g)``, the bilinear (aligned corners) upsampling of a
+    ``b x b`` grid ``g`` to the map. Upsampling is linear and separable, ``up(g) = A g A^T`` per
+    channel with ``A`` ``[n, b]``, so the convolution's taps ``W_uv`` read
+    ``sum_uv A_u (W_uv g) A_v^T``, where ``A_u`` is ``A`` shifted by tap u's offset with zero
+    rows past the map's edge (the convolution's zero padding). Projecting the grid first costs
+    ``b^2`` positions instead of the map's thousands: at 473 px this is half of ``cls``'s
+    68 GMAC. The sums run in another order than the convolution's, so the result differs from
+    it by rounding only (``tests/model/test_fused_and_codes.py``).
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d | None,
+        start: int,
+        branches: list[int],
+        dtype: torch.dtype,
+    ) -> None:
+        weight, _ = fold_bn(conv, bn)  # the bias goes with the direct share
+        self.kernel = conv.kernel_size
+        self.dilation = conv.dilation
+        self.padding = conv.padding
+        self.weights = []
+        for width in branches:
+            w = weight[:, start : start + width]  # [O, C, Kh, Kw]
+            kh, kw = w.shape[2:]
+            # [Kh * Kw * O, C]: every tap's projection in one product
+            self.weights.append(
+                w.permute(2, 3, 0, 1).reshape(kh * kw * w.shape[0], width).to(dtype)
+            )
+            start += width
+
+    def _shifted(
+        self, axis: int, n: int, b: int, lo: int, hi: int, dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """``[K, hi - lo, b]``: rows lo..hi of ``A`` shifted by each tap's offset along ``axis``."""
+        a = interpolation_matrix(n, b)
+        taps = []
+        for u in range(self.kernel[axis]):
+            rows = torch.arange(lo, hi) + u * self.dilation[axis] - self.padding[axis]
+            inside = (rows >= 0) & (rows < n)
+            tap = torch.zeros(hi - lo, b, dtype=torch.float64)
+            tap[inside] = a[rows[inside]]
+            taps.append(tap)
+        return torch.stack(taps).to(dtype=dtype, device=device)
+
+    def __call__(self, grids: list[Tensor], size: tuple[int, int], box: Box) -> Tensor:
+        """``[N, O, rows, cols]`` (contiguous) on ``box`` of a map of ``size`` from the
+        branches' grids ``[N, C, b, b]``."""
+        top, bottom, left, right = box
+        kh, kw = self.kernel
+        total = None
+        for grid, weight in zip(grids, self.weights, strict=True):
+            n, c, gh, gw = grid.shape
+            out = weight.shape[0] // (kh * kw)
+            z = weight @ grid.reshape(n, c, gh * gw)  # [N, Kh*Kw*O, gh*gw]
+            z = z.view(n, kh, kw, out, gh, gw)
+            rows = self._shifted(0, size[0], gh, top, bottom, grid.dtype, grid.device)
+            cols = self._shifted(1, size[1], gw, left, right, grid.dtype, grid.device)
+            half = torch.einsum("nuvoij,vxj->nuoix", z, cols)
+            term = torch.einsum("uyi,nuoix->noyx", rows, half)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
 
 
 Step = Callable[[Tensor], Tensor]
@@ -144,7 +229,14 @@ class FrozenEncoder:
                 (stage[0], FoldedConv(stage[1], stage[2], dtype, self.onednn))
                 for stage in ppm.features
             ]
-            self.cls = FoldedConv(owner.cls[0], owner.cls[1], dtype, self.onednn)
+            # cls over [layer4, up(branch) for each PPM branch]: the layer4 share as a
+            # convolution (with the folded bias), the branches' shares on their grids.
+            conv, bn = owner.cls[0], owner.cls[1]
+            branches = [stage[1].out_channels for stage in ppm.features]
+            direct = conv.in_channels - sum(branches)
+            self.cls = FoldedConv(conv, bn, dtype, self.onednn, inputs=slice(0, direct))
+            self.cls_reach = conv_reach(conv)
+            self.pyramid = PyramidTerm(conv, bn, direct, branches, dtype)
 
     def matches(self, owner: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
         """True while the owner's frozen tensors, device and dtype are those it was built from."""
@@ -192,7 +284,9 @@ class FrozenEncoder:
 
         return step
 
-    def __call__(self, x: Tensor) -> list[Tensor]:
+    def __call__(self, x: Tensor, where: Tensor | None = None) -> list[Tensor]:
+        """``where`` ``[N, H, W]`` (bool): feature 5 only where each image's region reaches,
+        zero elsewhere (:mod:`hdmnet.model.regions`); None: everywhere."""
         x = x.to(self.dtype)
         if self.onednn or self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -201,13 +295,24 @@ class FrozenEncoder:
             for step in steps:
                 x = step(x)
             outs.append(x)
-        pooled = [x]
-        for pool, conv in self.ppm:
-            y = conv(pool(x), relu=True)
-            pooled.append(F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=True))
-        feat5 = self.cls(torch.cat(pooled, 1), relu=False)
+        grids = [conv(pool(x), relu=True) for pool, conv in self.ppm]
+        size = (int(x.shape[2]), int(x.shape[3]))
+        layer4 = x
+
+        def feat5(items: slice, box: Box) -> Tensor:
+            top, bottom, left, right = box
+            crop = layer4[items, :, top:bottom, left:right]
+            if self.onednn:
+                crop = crop.contiguous(memory_format=torch.channels_last)
+            branches = self.pyramid([g[items] for g in grids], size, box)
+            if self.onednn:
+                branches = branches.contiguous(memory_format=torch.channels_last)
+            return self.cls(crop, relu=False, add=branches)
+
+        boxes = None if where is None else reach_boxes(where, size)
+        feat5_map = apply_in_boxes(feat5, x.shape[0], size, boxes, self.cls_reach)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return [t.to(torch.float32).contiguous(memory_format=fmt) for t in (*outs[2:], feat5)]
+        return [t.to(torch.float32).contiguous(memory_format=fmt) for t in (*outs[2:], feat5_map)]
 
 
 def frozen_tensors(owner: nn.Module) -> Iterable[Tensor]:

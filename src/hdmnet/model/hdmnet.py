@@ -32,6 +32,7 @@ from hdmnet.model.backbone import backbone_options, build_backbone, run_layers
 from hdmnet.model.fused import FrozenEncoder
 from hdmnet.model.losses import distillation_loss, segmentation_ce
 from hdmnet.model.pspnet import PPM, head_dims, num_base_classes
+from hdmnet.model.regions import Box, apply_in_boxes, conv_reach, reach_boxes
 from hdmnet.model.transformer import ATTENTIONS, CrossAttention, SupportStage, Transformer
 from hdmnet.model.weights import load_base_learner_into
 
@@ -53,7 +54,10 @@ class Features:
     """Frozen-backbone outputs of one batch of images (query, or masked support).
 
     ``layer2`` is already resized to ``layer3``'s size for VGG. ``image_size`` is the (H, W)
-    of the input image, to which the logits are upsampled.
+    of the input image, to which the logits are upsampled. A support's ``feat5`` is computed
+    only inside the box its foreground reaches on the feature map (the only place the priors
+    and prototypes read it) and is zero outside (:mod:`hdmnet.model.regions`; the
+    ``torch.compile`` path computes it everywhere).
     """
 
     layer2: Tensor
@@ -577,26 +581,35 @@ class HDMNet(nn.Module):
         """Run the frozen backbone + PPM + cls[0:2] once on ``image`` ``[B, 3, H, W]``.
 
         With ``mask`` (``[B, H, W]``, labels 0/1/255) the image is multiplied by ``mask == 1``
-        first, as the official code does for support images.
+        first, as the official code does for support images, and feature 5 is computed only
+        where the foreground reaches (see :class:`Features`).
         """
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
+        if mask is None:
+            return self._encode(image)
+        if mask.shape != (image.shape[0], *image.shape[2:]):
+            raise ValueError(
+                f"support mask {tuple(mask.shape)} does not match image "
+                f"{tuple(image.shape)}; expected [B, H, W]"
+            )
+        with self._frozen_context(image.device):
+            foreground = mask == 1
+            image = image * foreground.unsqueeze(1).to(image.dtype)
+        return self._encode(image, foreground)
+
+    def _encode(self, image: Tensor, where: Tensor | None = None) -> Features:
+        """The frozen encoder on (already masked) images; ``where`` ``[B, H, W]`` (bool)
+        limits each image's feature 5 to where its region reaches (None: everywhere)."""
         size = (int(image.shape[2]), int(image.shape[3]))
         with self._frozen_context(image.device):
-            if mask is not None:
-                if mask.shape != (image.shape[0], *size):
-                    raise ValueError(
-                        f"support mask {tuple(mask.shape)} does not match image "
-                        f"{tuple(image.shape)}; expected [B, H, W]"
-                    )
-                image = image * (mask == 1).unsqueeze(1).to(image.dtype)
             encoder = None if self.compile_backend else self.frozen_encoder(image.device)
             if encoder is not None:
-                layer2, layer3, layer4, feat5 = encoder(image)
+                layer2, layer3, layer4, feat5 = encoder(image, where)
             elif self.compile_backend:
                 layer2, layer3, layer4, feat5 = self._compiled_features()(image)
             else:
-                layer2, layer3, layer4, feat5 = self._module_features(image)
+                layer2, layer3, layer4, feat5 = self._module_features(image, where)
             if self.is_vgg:
                 layer2 = F.interpolate(
                     layer2, size=layer3.shape[-2:], mode="bilinear", align_corners=True
@@ -610,7 +623,7 @@ class HDMNet(nn.Module):
             _COMPILED[self] = fn
         return fn
 
-    def _module_features(self, image: Tensor) -> list[Tensor]:
+    def _module_features(self, image: Tensor, where: Tensor | None = None) -> list[Tensor]:
         """The frozen encoder through the modules themselves (autocast for bf16)."""
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
@@ -619,7 +632,17 @@ class HDMNet(nn.Module):
             autocast = torch.autocast(device_type=image.device.type, dtype=self.autocast_dtype)
         with autocast:
             outs = run_layers(self, image)
-            feat5 = self.cls(self.ppm(outs[4]))
+            merged = self.ppm(outs[4])
+            if where is None:
+                feat5 = self.cls(merged)
+            else:
+                size = (int(merged.shape[2]), int(merged.shape[3]))
+
+                def on_box(items: slice, box: Box) -> Tensor:
+                    return self.cls(merged[items, :, box[0] : box[1], box[2] : box[3]])
+
+                reach = conv_reach(self.cls[0])
+                feat5 = apply_in_boxes(on_box, len(merged), size, reach_boxes(where, size), reach)
         return [t.float() for t in (outs[2], outs[3], outs[4], feat5)]
 
     def encode_query(self, image: Tensor) -> Features:
@@ -638,6 +661,25 @@ class HDMNet(nn.Module):
         Returns the query features and one :class:`Features` per shot, each equal to
         ``encode_query`` / ``encode_support`` (up to rounding).
         """
+        query_features, stacked = self._encode_batch(query, supports, support_masks)
+        k = supports.shape[1]
+
+        def shot(i: int) -> Features:
+            return Features(
+                *(
+                    getattr(stacked, f.name).unflatten(0, (-1, k))[:, i]
+                    for f in fields(Features)[:4]
+                ),
+                image_size=stacked.image_size,
+            )
+
+        return query_features, [shot(i) for i in range(k)]
+
+    def _encode_batch(
+        self, query: Tensor, supports: Tensor, support_masks: Tensor
+    ) -> tuple[Features, Features]:
+        """:meth:`encode_episode` with the supports as one batch (item b * K + k is shot k of
+        query b), views of the one backbone call's output: nothing is copied."""
         if supports.dim() != 5 or support_masks.dim() != 4:
             raise ValueError(
                 f"supports must be [B, K, 3, H, W] and support_masks [B, K, H, W]; got "
@@ -654,22 +696,21 @@ class HDMNet(nn.Module):
                 f"query {tuple(query.shape)} does not match supports {tuple(supports.shape)}"
             )
         with self._frozen_context(query.device):
-            masked = supports * (support_masks == 1).unsqueeze(2).to(supports.dtype)
+            foreground = support_masks == 1
+            masked = supports * foreground.unsqueeze(2).to(supports.dtype)
             images = torch.cat([query, masked.flatten(0, 1)])
-        both = self.extract_features(images)
+            everywhere = torch.ones_like(foreground[:, 0])
+            where = torch.cat([everywhere, foreground.flatten(0, 1)])
+        both = self._encode(images, where)
+        b = query.shape[0]
 
-        def part(t: Tensor, shot: int | None) -> Tensor:
-            if shot is None:
-                return t[:b]
-            return t[b:].unflatten(0, (b, k))[:, shot]
-
-        def take(shot: int | None) -> Features:
+        def rows(part: slice) -> Features:
             return Features(
-                *(part(getattr(both, f.name), shot) for f in fields(Features)[:4]),
+                *(getattr(both, f.name)[part] for f in fields(Features)[:4]),
                 image_size=both.image_size,
             )
 
-        return take(None), [take(i) for i in range(k)]
+        return rows(slice(0, b)), rows(slice(b, None))
 
     # -- codes -----------------------------------------------------------------------------
 
@@ -750,7 +791,6 @@ class HDMNet(nn.Module):
         training, where that class is left out of the base-learner map.
         """
         self._check_inputs(query, supports, support_masks)
-        self._check_targets(query_mask, class_ids)
 
         def stack(name: str) -> Tensor:
             return torch.stack([getattr(s, name) for s in supports], 1).flatten(0, 1)
@@ -758,7 +798,27 @@ class HDMNet(nn.Module):
         stacked = Features(
             stack("layer2"), stack("layer3"), stack("layer4"), stack("feat5"), query.image_size
         )
-        support = self.support_code(stacked, support_masks.flatten(0, 1))
+        return self._decode_stacked(
+            query, stacked, support_masks, query_mask, query_base_mask, class_ids
+        )
+
+    def _decode_stacked(
+        self,
+        query: Features,
+        supports: Features,
+        support_masks: Tensor,
+        query_mask: Tensor | None,
+        query_base_mask: Tensor | None,
+        class_ids: Tensor | None,
+    ) -> HDMNetOutput:
+        """:meth:`decode` with the supports as one batch (item b * K + k is shot k of query b)."""
+        if support_masks.shape[1] != self.shot:
+            raise ValueError(
+                f"this model is built for {self.shot} shot(s), got {support_masks.shape[1]} "
+                "supports"
+            )
+        self._check_targets(query_mask, class_ids)
+        support = self.support_code(supports, support_masks.flatten(0, 1))
         return self.decode_codes(
             self.query_code(query), support, query_mask, query_base_mask, class_ids
         )
@@ -954,8 +1014,10 @@ class HDMNet(nn.Module):
         ``decode(*encode_episode(query, supports, support_masks), support_masks, ...)``: every
         image of the batch goes through the backbone once, in one call.
         """
-        q, s = self.encode_episode(query, supports, support_masks)
-        return self.decode(q, s, support_masks, query_mask, query_base_mask, class_ids)
+        q, stacked = self._encode_batch(query, supports, support_masks)
+        return self._decode_stacked(
+            q, stacked, support_masks, query_mask, query_base_mask, class_ids
+        )
 
     def correlation_maps(
         self, query: Tensor, supports: Tensor, support_masks: Tensor
