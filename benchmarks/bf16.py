@@ -57,7 +57,7 @@ def cpu_flags() -> str:
 
 
 def backbone(args: argparse.Namespace) -> dict[str, Any]:
-    model = bench_eval.random_model("resnet50", 1)
+    model = bench_eval.random_model(load_params(args.params), "resnet50", 0, 1)
     image = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     feats: dict[str, Any] = {}
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             ns = argparse.Namespace(fold=0, shot=1)
         if not args.skip_demo:
             path = args.checkpoint or bench_eval.quick_checkpoint(params, work, 0, 1)
-            model = bench_eval.model_from_checkpoint(path)
+            model = bench_eval.model_from_checkpoint(path, params)
             ns.size = params.meta.pascal.image_size
             figures["demo"] = compare_evaluations(
                 "demo evaluation",
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 params.meta.pascal.test_episodes,
             )
         if args.r50_episodes:
-            r50: HDMNet = bench_eval.random_model("resnet50", 1)
+            r50: HDMNet = bench_eval.random_model(params, "resnet50", 0, 1)
             ns.size = args.size
             figures["resnet50"] = compare_evaluations(
                 f"ResNet-50 evaluation at {args.size} px",

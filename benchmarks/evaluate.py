@@ -49,9 +49,11 @@ import torch
 import yaml
 
 from hdmnet import layout
-from hdmnet.config import Params, load_params
+from hdmnet.config import Params, from_mapping, load_params
 from hdmnet.evaluate.protocol import OUTPUTS, EpisodeRunner, ProtocolResult
+from hdmnet.layout import Run
 from hdmnet.model import HDMNet, HDMNetOutput, build_hdmnet, load_checkpoint
+from hdmnet.model.pspnet import num_base_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_TRAINING = [
@@ -62,7 +64,6 @@ QUICK_TRAINING = [
     "meta.pascal.image_size=97",
     "meta.pascal.val_episodes=20",
 ]
-NUM_BASE = {"pascal": 15, "coco": 60}
 
 
 # -- data and model ---------------------------------------------------------------------------
@@ -100,34 +101,30 @@ def quick_checkpoint(params: Params, work: Path, fold: int, shot: int) -> Path:
     raise SystemExit(f"no meta-learner checkpoint under {work / 'quick'}")
 
 
-def model_from_checkpoint(path: Path) -> HDMNet:
-    """HDMNet built from what the checkpoint says about itself (ours, or official)."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    config = (meta.get("config") or {}).get("model", {})
-    backbone = meta.get("backbone", "resnet50")
-    kwargs: dict[str, Any] = {}
-    if backbone == "small":
-        kwargs = {"blocks": tuple(config["small_blocks"]), "width": config["small_width"]}
-    model = build_hdmnet(
-        backbone,
-        NUM_BASE[meta.get("dataset", "pascal")],
+def model_from_checkpoint(path: Path, params: Params) -> HDMNet:
+    """HDMNet for a checkpoint, built as ``hdmnet evaluate`` builds it (``HDMNet.from_config``):
+    from the parameters the checkpoint was trained with (ours), or ``params`` (official files,
+    which carry none); the cell (dataset, backbone, fold, shot) from its metadata."""
+    meta = load_checkpoint(path)["meta"]
+    if meta.get("config"):
+        params = from_mapping(meta["config"], source=f"{path} (meta.config)")
+    run = Run(
+        meta.get("dataset", "pascal"),
+        meta.get("backbone", "resnet50"),
+        "full",  # a checkpoint's config is already resolved for its variant
+        int(meta.get("fold", 0)),
         int(meta["shot"]),
-        attention=config.get("attention", "matching"),
-        num_stages=config.get("stages", 3),
-        distill=config.get("distill", True),
-        ensemble=config.get("ensemble", True),
-        fix_quirks=config.get("fix_quirks", False),
-        embed_dim=config.get("embed_dim", 64),
-        **kwargs,
+        None,
     )
-    model.load_state_dict(ckpt["state_dict"])
+    model = HDMNet.from_config(params, run)
+    load_checkpoint(path, model)
     return model.eval()
 
 
-def random_model(backbone: str, shot: int) -> HDMNet:
+def random_model(params: Params, backbone: str, fold: int, shot: int) -> HDMNet:
+    """The paper's model (build_hdmnet's defaults) with random weights."""
     torch.manual_seed(0)
-    model = build_hdmnet(backbone, NUM_BASE["pascal"], shot)
+    model = build_hdmnet(backbone, num_base_classes(params, "pascal", fold), shot)
     with torch.no_grad():  # non-trivial ensemble weights, as in benchmarks/forward.py
         model.gram_merge.weight.copy_(torch.tensor([1.0, 0.3]).view(1, 2, 1, 1))
         model.cls_merge.weight.copy_(torch.tensor([1.0, 0.5]).view(1, 2, 1, 1))
@@ -136,11 +133,12 @@ def random_model(backbone: str, shot: int) -> HDMNet:
 
 def load_model(args: argparse.Namespace, params: Params, work: Path) -> tuple[HDMNet, str]:
     if args.checkpoint:
-        return model_from_checkpoint(args.checkpoint), str(args.checkpoint)
+        return model_from_checkpoint(args.checkpoint, params), str(args.checkpoint)
     if args.backbone == "small":
         path = quick_checkpoint(params, work, args.fold, args.shot)
-        return model_from_checkpoint(path), f"quickly trained ({path})"
-    return random_model(args.backbone, args.shot), f"random {args.backbone} weights"
+        return model_from_checkpoint(path, params), f"quickly trained ({path})"
+    model = random_model(params, args.backbone, args.fold, args.shot)
+    return model, f"random {args.backbone} weights"
 
 
 def runner(

@@ -8,6 +8,8 @@ import pytest
 import torch
 from tests.train.test_engines import RUN, Trained, trained_setup
 
+from hdmnet.data.episodes import EpisodeDataset, binary_mask, load_pair
+from hdmnet.data.transforms import EvalTransform
 from hdmnet.evaluate.baseline import (
     BaselineScorer,
     baseline_encoder,
@@ -15,6 +17,7 @@ from hdmnet.evaluate.baseline import (
     prototype_similarity,
     similarity,
 )
+from hdmnet.evaluate.metrics import FewShotMeter, summarise_seeds, upsample_to_label
 from hdmnet.jobs.inputs import dataset_root, fold_folder
 
 
@@ -106,3 +109,71 @@ def test_the_evaluator_records_the_baseline_of_its_own_episodes(trained) -> None
     assert [s["seed"] for s in section["per_seed"]] == trained.metrics["seeds"]
     assert list(section["class_iou"]) == list(trained.metrics["outputs"]["final"]["class_iou"])
     assert section["sweep_miou"][str(section["threshold"])] == section["miou"]
+
+
+@torch.inference_mode()
+def straightforward_baseline(params, encoder, method, seeds, episodes, threshold):
+    """Every episode encodes its own images, features of all layers kept for the episode only:
+    the plain order the scorer's query-by-query order must reproduce count for count."""
+    schedule = params.meta.pascal
+    root = dataset_root(params, "pascal")
+    transform = EvalTransform(schedule.image_size)
+    per_seed = {}
+    for seed in seeds:
+        data = EpisodeDataset(
+            root,
+            fold_folder(params, "pascal", RUN.fold),
+            "val",
+            RUN.shot,
+            transform,
+            num_episodes=episodes,
+            seed=seed,
+        )
+        meter = per_seed[seed] = FewShotMeter(len(data.classes))
+        for index in range(episodes):
+            recipe = data.episode_recipe(index)
+            image, query_mask = load_pair(root, recipe.query, data.num_classes)
+            query = encoder.encode_query(torch.from_numpy(transform(image, [])[0])[None])
+            feats, masks = [], []
+            for item in recipe.supports:
+                image, mask = load_pair(root, item, data.num_classes)
+                tensor, (label,) = transform(image, [binary_mask(mask, recipe.class_id)])
+                mask_t = torch.from_numpy(label.astype(np.int64))[None]
+                feats.append(encoder.encode_support(torch.from_numpy(tensor)[None], mask_t).layer4)
+                masks.append(mask_t)
+            sim = similarity(method, query.layer4, feats, torch.stack(masks, 1))
+            label = binary_mask(query_mask, recipe.class_id)
+            sim = upsample_to_label(sim, label.shape)[0, 0]
+            meter.update(
+                data.classes.index(recipe.class_id),
+                (sim > threshold).long(),
+                torch.from_numpy(label.astype(np.int64)),
+            )
+    return summarise_seeds(per_seed, tuple(data.classes))
+
+
+@pytest.mark.parametrize("method", ["prototype", "prior"])
+def test_query_by_query_scoring_keeps_little_and_counts_as_the_plain_order(trained, method):
+    params = trained.params
+    encoder = baseline_encoder(params, RUN)
+    scorer = BaselineScorer(
+        encoder,
+        dataset_root(params, "pascal"),
+        fold_folder(params, "pascal", RUN.fold),
+        "val",
+        RUN.shot,
+        params.meta.pascal.image_size,
+    )
+    seeds, episodes = params.eval.seeds[:2], 12
+    got = scorer.sweep(method, "layer4", seeds, episodes, [0.5])[0.5]
+    want = straightforward_baseline(params, encoder, method, seeds, episodes, 0.5)
+    assert got["per_seed"] == want["per_seed"]
+    assert got["class_iou"] == want["class_iou"]
+    # Kept: per distinct (support image, class) a 1 x C prototype, or its layer4 map and mask.
+    supports = len(scorer._supports)
+    with torch.inference_mode():
+        channels = encoder.encode_query(torch.zeros(1, 3, 33, 33)).layer4.shape[1]
+    if method == "prototype":
+        assert scorer.kept_bytes == supports * channels * 4
+    else:
+        assert scorer.kept_bytes > supports * channels * 4

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from hdmnet import commands, identity, layout
 from hdmnet.config import Params
-from hdmnet.data.episodes import EpisodeDataset, bbox_mask, binary_mask, load_pair
+from hdmnet.data.episodes import EpisodeDataset, Recipe, bbox_mask, binary_mask, load_pair
 from hdmnet.data.lists import ListItem
 from hdmnet.data.transforms import EvalTransform
 from hdmnet.errors import StageError
@@ -52,22 +52,31 @@ LAYERS = ("feat5", "layer4", "layer3")
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
+def support_prototype(feat: Tensor, mask: Tensor) -> Tensor:
+    """Masked-average prototype ``[B, C, 1, 1]`` of support features ``[B, C, h, w]`` under
+    ``mask`` ``[B, 1, H, W]`` (labels 0/1/255 at image size)."""
+    fg = (mask == 1).to(feat.dtype)
+    # Bilinear, as HDMNet resizes the support mask for its own prototypes.
+    fg = F.interpolate(fg, size=feat.shape[-2:], mode="bilinear", align_corners=True)
+    return weighted_gap(feat, fg)
+
+
+def prototype_cosine(query: Tensor, prototypes: Sequence[Tensor]) -> Tensor:
+    """Cosine ``[B, 1, h, w]`` of each query position with the shots' mean prototype."""
+    proto = torch.stack(list(prototypes)).mean(0)  # [B, C, 1, 1]
+    dot = (query * proto).sum(1, keepdim=True)
+    norm = query.norm(dim=1, keepdim=True) * proto.norm(dim=1, keepdim=True)
+    return dot / (norm + COSINE_EPS)
+
+
 def prototype_similarity(query: Tensor, supports: Sequence[Tensor], masks: Tensor) -> Tensor:
     """Cosine of each query position with the shots' mean masked-average prototype.
 
     ``query`` ``[B, C, h, w]``, ``supports`` K tensors ``[B, C, h, w]``, ``masks``
     ``[B, K, H, W]`` with labels 0/1/255 at image size. Returns ``[B, 1, h, w]`` in [-1, 1].
     """
-    protos = []
-    for k, feat in enumerate(supports):
-        fg = (masks[:, k : k + 1] == 1).to(feat.dtype)
-        # Bilinear, as HDMNet resizes the support mask for its own prototypes.
-        fg = F.interpolate(fg, size=feat.shape[-2:], mode="bilinear", align_corners=True)
-        protos.append(weighted_gap(feat, fg))
-    proto = torch.stack(protos).mean(0)  # [B, C, 1, 1]
-    dot = (query * proto).sum(1, keepdim=True)
-    norm = query.norm(dim=1, keepdim=True) * proto.norm(dim=1, keepdim=True)
-    return dot / (norm + COSINE_EPS)
+    protos = [support_prototype(feat, masks[:, k : k + 1]) for k, feat in enumerate(supports)]
+    return prototype_cosine(query, protos)
 
 
 def similarity(method: str, query: Tensor, supports: Sequence[Tensor], masks: Tensor) -> Tensor:
@@ -84,8 +93,12 @@ class BaselineScorer:
     """Scores a training-free baseline on the episodes of one fold list (``mode`` 'val': the
     novel classes, as the evaluator; 'train': the base classes of the training list).
 
-    Every image is encoded once by the frozen ``encoder`` and its features kept, so the
-    episodes of all seeds and every threshold cost one backbone pass per distinct image.
+    The episodes of all seeds are scored query image by query image: each query image is
+    encoded once, scores every episode it is the query of at every threshold, and is dropped;
+    each (support image, class) is encoded once and only what the method reads is kept (the
+    prototype method: one C-vector; the prior method: the support's map of the chosen layer).
+    So the memory held is one query map plus the supports' reductions, whatever the episode
+    count, and the backbone passes are one per distinct image.
     """
 
     def __init__(
@@ -105,34 +118,36 @@ class BaselineScorer:
         self.shot = shot
         self.transform = EvalTransform(image_size)
         self.annotation = annotation
-        self._features: dict[tuple[str, int | None], tuple[Features, Any]] = {}
+        self._supports: dict[tuple[str, int, str, str], tuple[Tensor, Tensor | None]] = {}
         self.encodings = 0
 
     def _query(self, item: ListItem, classes: int) -> tuple[Features, np.ndarray]:
-        key = (item.image, None)
-        if key not in self._features:
-            image, mask = load_pair(self.root, item, classes)
-            tensor, _ = self.transform(image, [])
-            with torch.inference_mode():
-                feats = self.encoder.encode_query(torch.from_numpy(tensor)[None])
-            self._features[key] = (feats, mask)
-            self.encodings += 1
-        return self._features[key]
+        image, mask = load_pair(self.root, item, classes)
+        tensor, _ = self.transform(image, [])
+        feats = self.encoder.encode_query(torch.from_numpy(tensor)[None])
+        self.encodings += 1
+        return feats, mask
 
-    def _support(self, item: ListItem, class_id: int, classes: int) -> tuple[Features, Tensor]:
-        key = (item.image, class_id)
-        if key not in self._features:
+    def _support(
+        self, item: ListItem, class_id: int, classes: int, method: str, layer: str
+    ) -> tuple[Tensor, Tensor | None]:
+        """What ``method`` reads from a support: (prototype, None) or (layer map, mask)."""
+        key = (item.image, class_id, method, layer)
+        if key not in self._supports:
             image, mask = load_pair(self.root, item, classes)
             label = binary_mask(mask, class_id)
             if self.annotation == "bbox":
                 label = bbox_mask(label)
             tensor, (resized,) = self.transform(image, [label])
             mask_t = torch.from_numpy(resized.astype(np.int64))[None]
-            with torch.inference_mode():
-                feats = self.encoder.encode_support(torch.from_numpy(tensor)[None], mask_t)
-            self._features[key] = (feats, mask_t)
+            feats = self.encoder.encode_support(torch.from_numpy(tensor)[None], mask_t)
+            feat = getattr(feats, layer)
+            if method == "prototype":
+                self._supports[key] = (support_prototype(feat, mask_t[:, None]), None)
+            else:
+                self._supports[key] = (feat, mask_t)
             self.encodings += 1
-        return self._features[key]
+        return self._supports[key]
 
     @torch.inference_mode()
     def sweep(
@@ -148,10 +163,10 @@ class BaselineScorer:
         records hold them."""
         if layer not in LAYERS:
             raise ValueError(f"baseline layer must be one of {LAYERS}, got {layer!r}")
-        meters: dict[float, dict[int, FewShotMeter]] = {float(t): {} for t in thresholds}
-        classes: tuple[int, ...] = ()
-        for seed in seeds:
-            dataset = EpisodeDataset(
+        if method not in METHODS:
+            raise ValueError(f"baseline method must be one of {METHODS}, got {method!r}")
+        datasets = {
+            seed: EpisodeDataset(
                 self.root,
                 self.fold_dir,
                 self.mode,
@@ -161,30 +176,45 @@ class BaselineScorer:
                 seed=seed,
                 annotation=self.annotation,
             )
-            classes = tuple(dataset.classes)
-            for t in meters:
-                meters[t][seed] = FewShotMeter(len(classes))
+            for seed in seeds
+        }
+        first = next(iter(datasets.values()))
+        classes, num_classes = tuple(first.classes), first.num_classes
+        meters = {
+            float(t): {seed: FewShotMeter(len(classes)) for seed in seeds} for t in thresholds
+        }
+        # Episodes are pure functions of (seed, index): group them by query image first.
+        by_query: dict[str, list[tuple[int, Recipe]]] = {}
+        for seed, dataset in datasets.items():
             for index in range(episodes):
                 recipe = dataset.episode_recipe(index)
-                query, query_mask = self._query(recipe.query, dataset.num_classes)
-                supports = [
-                    self._support(item, recipe.class_id, dataset.num_classes)
+                by_query.setdefault(recipe.query.image, []).append((seed, recipe))
+        for group in by_query.values():
+            query, query_mask = self._query(group[0][1].query, num_classes)
+            query_map = getattr(query, layer)
+            for seed, recipe in group:
+                kept = [
+                    self._support(item, recipe.class_id, num_classes, method, layer)
                     for item in recipe.supports
                 ]
-                masks = torch.stack([mask for _, mask in supports], 1)  # [1, K, H, W]
-                sim = similarity(
-                    method,
-                    getattr(query, layer),
-                    [getattr(feats, layer) for feats, _ in supports],
-                    masks,
-                )
+                if method == "prototype":
+                    sim = prototype_cosine(query_map, [proto for proto, _ in kept])
+                else:
+                    masks = torch.stack([mask for _, mask in kept], 1)  # [1, K, H, W]
+                    sim = similarity(method, query_map, [feat for feat, _ in kept], masks)
                 label = binary_mask(query_mask, recipe.class_id)
                 sim = upsample_to_label(sim, label.shape)[0, 0]
                 label_t = torch.from_numpy(label.astype(np.int64))
-                class_index = dataset.classes.index(recipe.class_id)
+                class_index = classes.index(recipe.class_id)
                 for t, per_seed in meters.items():
                     per_seed[seed].update(class_index, (sim > t).long(), label_t)
+            del query, query_map
         return {t: summarise_seeds(per_seed, classes) for t, per_seed in meters.items()}
+
+    @property
+    def kept_bytes(self) -> int:
+        """Memory held for the supports (prototypes, or maps and masks)."""
+        return sum(t.nbytes for kept in self._supports.values() for t in kept if t is not None)
 
 
 def baseline_encoder(params: Params, run: Run) -> HDMNet:
@@ -284,6 +314,8 @@ __all__ = [
     "baseline_encoder",
     "baseline_section",
     "evaluate_baseline",
+    "prototype_cosine",
     "prototype_similarity",
     "similarity",
+    "support_prototype",
 ]
