@@ -44,10 +44,10 @@ part on every ``make test``):
   matching mask. Its backbone is the module path (conv, BN, ReLU as separate ops) that both the
   official code and ours ran at about 1.9 s per image in issue 14.
 - Time: ``benchmarks/forward.py`` times it next to our model and prints the official timings of
-  issue 14 (5.03 s for 1 shot, 18.2 s for 5 shots) beside it. Whether it lands on them can only
-  be seen on an idle machine: in the run quoted in the README the 2 shared cores carried a load
-  average of 5-13 from other jobs, and it took 32.0 s (min 22.4) and 56.3 s (min 51.8), our
-  model 14.2 s and 30.1 s. The README therefore quotes the interleaved ratios, not the seconds.
+  issue 14 (5.03 s for 1 shot, 18.2 s for 5 shots) beside it. On an idle machine on 2026-11-29
+  it took 3.87 s and 15.91 s (three runs that day gave 14.2-17.7 s at 5 shots): 23% and 13%
+  under the official figures of another day, with the same passes and operations; the README
+  quotes the interleaved ratios, which carry over between machines better than the seconds.
 """
 
 from __future__ import annotations
