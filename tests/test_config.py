@@ -80,6 +80,7 @@ def test_typed_dataclasses_match_the_schema():
         ("data.coco_split=random", "data.coco_split"),
         ("model.stages=0", "model.stages"),
         ("grid.backbones=[resnet18]", "grid.backbones.0"),
+        ("base.pascal.optimizer=adam", "base.pascal.optimizer"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override, key):

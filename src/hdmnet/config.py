@@ -131,6 +131,7 @@ class BaseSchedule:
     batch_size: int
     lr: float
     head_lr_mult: float
+    optimizer: str
     momentum: float
     weight_decay: float
     crop: int

@@ -104,3 +104,15 @@ def test_pspnet_optimizer_and_poly_errors():
     assert poly_lr(1.0, 0, 10) == 1.0 and poly_lr(1.0, 10, 10) == 0.0
     with pytest.raises(ValueError, match="curr_iter"):
         poly_lr(1.0, 11, 10)
+
+
+def test_pspnet_adamw_keeps_the_groups_and_decouples_weight_decay():
+    model = build_pspnet("small", 16)
+    opt = build_pspnet_optimizer(model, lr=2e-3, head_scale=1.0, weight_decay=0.01, kind="adamw")
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-3])
+    assert all(g["weight_decay"] == 0.01 and g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+    # The poly schedule drives AdamW's groups as it drives SGD's.
+    assert set_poly_lr(opt, 2e-3, 50, 100) == pytest.approx(2e-3 * 0.5**0.9)
+    with pytest.raises(ValueError, match=r"'adam'.*sgd"):
+        build_pspnet_optimizer(model, lr=1e-3, kind="adam")

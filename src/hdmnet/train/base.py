@@ -68,6 +68,7 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         head_scale=schedule.head_lr_mult,
         momentum=schedule.momentum,
         weight_decay=schedule.weight_decay,
+        kind=schedule.optimizer,
     )
     net = setup.across_processes(model, info, sync_bn=True)
     job = identity.base_learner(params, base)
