@@ -142,26 +142,38 @@ def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[
     miou: dict[tuple[int, int], float] = {}
     baseline: dict[tuple[int, int], float] = {}
     train_seconds = 0.0
+    # Convergence: (best validation epoch, 1-based; epochs run) per meta learner.
+    meta_best: dict[tuple[int, int], tuple[int, int]] = {}
     for run in layout.main_runs(params):
         record = json.loads(layout.metrics_file(params, run).read_text())
         miou[run.fold, run.shot] = record["miou"]
         meta = json.loads((layout.meta_dir(params, run) / "record.json").read_text())
         train_seconds += meta["seconds"]
+        meta_best[run.fold, run.shot] = (meta["best_epoch"] + 1, len(meta["epochs"]))
         # The evaluation's own baseline (eval.baseline), else one scored by --baseline.
         base_file = folder / "baseline" / f"fold{run.fold}-shot{run.shot}.json"
         if "baseline" in record:
             baseline[run.fold, run.shot] = record["baseline"]["miou"]
         elif base_file.exists():
             baseline[run.fold, run.shot] = json.loads(base_file.read_text())["test"]["miou"]
+    # Per base learner: (best validation mIoU, best epoch 1-based, epochs run).
+    base_best: dict[int, tuple[float, int, int]] = {}
     for base in {run.base for run in layout.main_runs(params)}:
         record = json.loads((layout.base_dir(params, base) / "record.json").read_text())
         train_seconds += record["seconds"]
+        base_best[base.fold] = (
+            record["best_val_miou"],
+            record["best_epoch"] + 1,
+            len(record["epochs"]),
+        )
     timing_file = folder / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     return {
         "miou": miou,
         "baseline": baseline,
         "train_seconds": train_seconds,
+        "base_best": base_best,
+        "meta_best": meta_best,
         "wall": timing.get("wall_seconds"),
         "cores": timing.get("cores"),  # of the run that measured it, not of this invocation
     }
@@ -240,6 +252,16 @@ def summarise(args: argparse.Namespace, results: dict[RunSpec, dict[str, Any]]) 
         wall_text = f"{wall / 60:.1f} min wall ({cores} cores)" if wall else "wall not measured"
         jobs = results[s]["train_seconds"] / 60
         print(f"  {s.name}: {wall_text}, training jobs {jobs:.1f} min in all")
+    print("\nconvergence (best validation epoch / epochs run)")
+    for s in specs:
+        base = ", ".join(
+            f"fold {fold} {miou:.1f} @{best}/{n}"
+            for fold, (miou, best, n) in sorted(results[s]["base_best"].items())
+        )
+        meta = results[s]["meta_best"].values()
+        at_end = sum(best == n for best, n in meta)
+        print(f"  {s.name}: base learners (best val mIoU) {base}")
+        print(f"  {s.name}: meta learners whose best epoch is their last: {at_end} of {len(meta)}")
     print("\nacceptance")
     for text, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
