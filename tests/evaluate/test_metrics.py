@@ -11,6 +11,7 @@ import torch
 from hdmnet.evaluate.metrics import (
     FewShotMeter,
     SemanticMeter,
+    class_prediction,
     intersection_union,
     upsample_to_label,
 )
@@ -87,3 +88,16 @@ def test_upsampling_to_original_label_size():
     meter = FewShotMeter(1)
     meter.update(0, pred, label)
     assert meter.class_iou()[0] == pytest.approx(3 / 6)
+
+
+def test_class_prediction_is_argmax_over_the_classes_ties_to_the_lowest():
+    logits = torch.tensor(
+        [[[0.0, 2.0], [1.0, 1.0]], [[1.0, 2.0], [0.5, 1.0]], [[0.5, -1.0], [1.0, 3.0]]]
+    )
+    # Pixel (0, 1): classes 0 and 1 tie at 2.0; (1, 0): classes 0 and 2 tie at 1.0.
+    assert torch.equal(class_prediction(logits), t([[1, 0], [0, 2]]))
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(16, 37, 41, generator=g)
+    tied = torch.randint(0, 3, (16, 37, 41), generator=g).float()  # many ties
+    for scores in (dense, tied):
+        assert torch.equal(class_prediction(scores), scores.argmax(0))

