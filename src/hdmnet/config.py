@@ -247,6 +247,10 @@ def schema() -> dict[str, Any]:
 # wildcard constraints and the model's registry derive from these.
 DATASETS: tuple[str, ...] = tuple(schema()["definitions"]["dataset"]["enum"])
 BACKBONES: tuple[str, ...] = tuple(schema()["definitions"]["backbone"]["enum"])
+#: The base learner's optimisers (``base.<dataset>.optimizer``).
+BASE_OPTIMIZERS: tuple[str, ...] = tuple(
+    schema()["definitions"]["base_schedule"]["properties"]["optimizer"]["enum"]
+)
 
 
 def load_params(

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from hdmnet.config import BASE_OPTIMIZERS
 from hdmnet.model.hdmnet import FROZEN_MODULES, HEAD_MODULES, HDMNet, fix_bn
 from hdmnet.model.pspnet import PSPNet
 
@@ -59,9 +60,6 @@ def pspnet_param_groups(model: PSPNet, lr: float, head_scale: float = HEAD_LR_SC
     return [_group(backbone, lr, 1.0, "backbone"), _group(head, lr, head_scale, "head")]
 
 
-PSPNET_OPTIMIZERS = ("sgd", "adamw")
-
-
 def build_pspnet_optimizer(
     model: PSPNet,
     lr: float,
@@ -87,7 +85,7 @@ def build_pspnet_optimizer(
         return torch.optim.AdamW(
             groups, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=True
         )
-    raise ValueError(f"unknown base-learner optimizer {kind!r}; choose one of {PSPNET_OPTIMIZERS}")
+    raise ValueError(f"unknown base-learner optimizer {kind!r}; choose one of {BASE_OPTIMIZERS}")
 
 
 def poly_lr(base_lr: float, curr_iter: int, max_iter: int, power: float = 0.9) -> float:
