@@ -1,0 +1,59 @@
+"""``benchmarks/demo_seeds.py``'s summary: the acceptance checks and the ensemble's effect, on
+made-up results (the runs themselves take an hour; they are not run here)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import demo_seeds  # noqa: E402
+
+FOLDS, SHOTS = [0, 1], [1, 5]
+
+
+def result(final: dict, meta: dict, baseline: dict) -> dict:
+    return {
+        "miou": final,
+        "meta_miou": meta,
+        "baseline": baseline,
+        "train_seconds": 600.0,
+        "base_best": {0: (70.0, 40, 40), 1: (72.0, 38, 40)},
+        "meta_best": {(0, 1): (5, 5), (1, 1): (3, 5), (0, 5): (4, 4), (1, 5): (2, 4)},
+        "wall": None,
+        "cores": None,
+    }
+
+
+def test_summary_passes_and_fails_each_check_and_prints_the_ensemble_effect(capsys):
+    args = argparse.Namespace(folds=FOLDS, shots=SHOTS)
+    # Seed 1: 1-shot 70 / 72, 5-shot 75 / 77 (gain 5), 25 above a 47-50 baseline, ensemble -2.
+    first = result(
+        {(0, 1): 70.0, (1, 1): 72.0, (0, 5): 75.0, (1, 5): 77.0},
+        {(0, 1): 72.0, (1, 1): 74.0, (0, 5): 77.0, (1, 5): 79.0},
+        {(0, 1): 45.0, (1, 1): 47.0, (0, 5): 50.0, (1, 5): 50.0},
+    )
+    runs = {demo_seeds.RunSpec(1, 1): first, demo_seeds.RunSpec(2, 1): first}
+    assert demo_seeds.summarise(args, runs) is True
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    assert "1 shot, seed1-t1:  -2.0  -2.0; -2.0" in out
+
+    # Seed 2's fold 0 is 8 points lower at 1 shot: that fold's std fails; its 5 shots gain 1.5
+    # (1-shot mean 67, 5-shot mean 68.5), which fails too.
+    second = result(
+        {(0, 1): 62.0, (1, 1): 72.0, (0, 5): 65.0, (1, 5): 72.0},
+        first["meta_miou"],
+        first["baseline"],
+    )
+    runs = {demo_seeds.RunSpec(1, 1): first, demo_seeds.RunSpec(2, 1): second}
+    assert demo_seeds.summarise(args, runs) is False
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    fails = [line for line in lines if line.startswith("FAIL")]
+    assert "FAIL  1-shot fold 0: std 5.66 <= 3.0" in fails
+    assert "FAIL  seed2-t1: 5-shot mean 68.5 >= 1-shot mean + 2.0" in fails
+    assert "PASS  1-shot fold 0: HDMNet - baseline min +17.0 >= 15.0" in lines
+    assert "1 shot, seed2-t1: -10.0  -2.0; -6.0" in lines
