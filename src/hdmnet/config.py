@@ -137,6 +137,7 @@ class BaseSchedule:
     crop: int
     scale: list[float]
     val_size: int
+    images: str
 
 
 @dataclass(frozen=True)

@@ -119,12 +119,16 @@ def split_folder(dataset: str, scheme: str, exclude_novel: bool) -> str:
     return name if exclude_novel else f"{name}-noexcl"
 
 
-def split_name(params: Params, dataset: str) -> str:
-    return split_folder(dataset, params.data.coco_split, params.data.exclude_novel)
+def split_name(params: Params, dataset: str, exclude_novel: bool | None = None) -> str:
+    """The fold-list folder ``params`` select (``exclude_novel``: that rule instead of
+    ``data.exclude_novel``)."""
+    exclude = params.data.exclude_novel if exclude_novel is None else exclude_novel
+    return split_folder(dataset, params.data.coco_split, exclude)
 
 
-def fold_dir(params: Params, dataset: str, fold: int) -> Path:
-    return prepared_dir(params, dataset) / "folds" / split_name(params, dataset) / f"fold{fold}"
+def fold_dir(params: Params, dataset: str, fold: int, exclude_novel: bool | None = None) -> Path:
+    split = split_name(params, dataset, exclude_novel)
+    return prepared_dir(params, dataset) / "folds" / split / f"fold{fold}"
 
 
 def base_dir(params: Params, base: BaseRun) -> Path:

@@ -37,6 +37,8 @@ COUNTS_VERSION = 1
 LIST_FILES = {"train": "train.txt", "val": "val.txt"}
 CLASS_FILES = {"train": "train_classes.json", "val": "val_classes.json"}
 SUMMARY_FILE = "summary.json"
+#: Folder of a prepared data set's full lists: every converted image of each split.
+FULL_LISTS_DIR = "lists"
 
 
 class ListItem(NamedTuple):
@@ -390,6 +392,11 @@ def write_fold_lists(
         write_text(out / CLASS_FILES[mode], _class_json(split))
     write_json(out / SUMMARY_FILE, fold_summary(lists, counts_train, counts_val))
     return out
+
+
+def full_list(root: str | os.PathLike[str], mode: str) -> Path:
+    """The full list of split ``mode`` ('train' or 'val') of the data set prepared in ``root``."""
+    return Path(root) / FULL_LISTS_DIR / LIST_FILES[mode]
 
 
 def load_fold_lists(fold_dir: str | os.PathLike[str]) -> FoldLists:

@@ -38,6 +38,7 @@ from hdmnet.data.folds import num_classes
 from hdmnet.data.lists import (
     build_fold_lists,
     count_classes,
+    full_list,
     save_counts,
     write_fold_lists,
 )
@@ -156,7 +157,7 @@ def prepare(params: Params, dataset: str) -> Path:
     counts = {}
     for mode in LIST_MODES:
         counts[mode] = count_classes(
-            out, out / "lists" / f"{mode}.txt", num_classes(dataset), workers=workers
+            out, full_list(out, mode), num_classes(dataset), workers=workers
         )
         save_counts(counts[mode], out / f"counts_{mode}.jsonl")
 

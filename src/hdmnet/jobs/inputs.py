@@ -21,16 +21,17 @@ def dataset_root(params: Params, dataset: str) -> Path:
     return root
 
 
-def fold_folder(params: Params, dataset: str, fold: int) -> Path:
-    folder = layout.fold_dir(params, dataset, fold)
+def fold_folder(params: Params, dataset: str, fold: int, exclude_novel: bool | None = None) -> Path:
+    folder = layout.fold_dir(params, dataset, fold, exclude_novel)
     if not (folder / "summary.json").exists():
         raise StageError(f"fold lists {folder} not found: run {commands.prepare(dataset, params)}")
     return folder
 
 
-def data_hash(fold_dir: Path) -> str:
-    """Hash of a fold's lists: identifies the exact data a model saw."""
+def data_hash(lists_dir: Path) -> str:
+    """Hash of the train and val lists in ``lists_dir`` (a fold's, or a data set's full lists):
+    identifies the exact data a model saw."""
     digest = hashlib.sha256()
     for name in ("train.txt", "val.txt"):
-        digest.update((fold_dir / name).read_bytes())
+        digest.update((lists_dir / name).read_bytes())
     return digest.hexdigest()[:16]

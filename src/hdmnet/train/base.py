@@ -15,7 +15,7 @@ from hdmnet import identity, layout
 from hdmnet.config import Params
 from hdmnet.data.episodes import BaseDataset
 from hdmnet.data.folds import base_label_map
-from hdmnet.data.lists import load_fold_lists, read_list
+from hdmnet.data.lists import LIST_FILES, full_list, read_list
 from hdmnet.data.transforms import EvalTransform, TrainTransform
 from hdmnet.errors import StageError
 from hdmnet.evaluate.metrics import SemanticMeter, class_prediction, upsample_to_label
@@ -36,27 +36,46 @@ from hdmnet.train.loop import Loop
 log = logging.getLogger("hdmnet.train")
 
 
+def base_datasets(params: Params, base: BaseRun) -> tuple[BaseDataset, BaseDataset]:
+    """The base learner's training and validation sets, base classes relabelled 1..B in the
+    fold's base order and novel classes as background.
+
+    Training images by ``base.<dataset>.images``: ``all``, every image of the full training list
+    (BAM's protocol: the base learner sees novel objects, as background); ``base_only``, the
+    fold's list under the exclusion rule (only images whose classes are all base), whatever
+    ``data.exclude_novel`` says for meta-training. Validation: every validation image.
+    """
+    schedule = getattr(params.base, base.dataset)
+    root = dataset_root(params, base.dataset)
+    lut = base_label_map(base.dataset, base.fold, layout.scheme(params, base.dataset))
+    train_set = BaseDataset(
+        root,
+        read_list(base_training_list(params, base)),
+        lut,
+        TrainTransform(schedule.crop, scale=tuple(schedule.scale), crop=True),
+        seed=base.seed,
+    )
+    val_items = read_list(full_list(root, "val"))
+    val_set = BaseDataset(root, val_items, lut, EvalTransform(schedule.val_size), keep_label=True)
+    return train_set, val_set
+
+
+def base_training_list(params: Params, base: BaseRun) -> Path:
+    """The list file of the base learner's training images (see :func:`base_datasets`)."""
+    if getattr(params.base, base.dataset).images == "all":
+        fold_folder(params, base.dataset, base.fold)  # a missing prepare stage is named as such
+        return full_list(dataset_root(params, base.dataset), "train")
+    folder = fold_folder(params, base.dataset, base.fold, exclude_novel=True)
+    return folder / LIST_FILES["train"]
+
+
 def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
     """Train one base learner; returns its training record."""
     dataset, backbone, fold, seed = base.dataset, base.backbone, base.fold, base.seed
     schedule = getattr(params.base, dataset)
     out = ensure_writable(layout.base_dir(params, base))
     info, started = setup.begin(params, seed)
-    root = dataset_root(params, dataset)
-    fold_dir = fold_folder(params, dataset, fold)
-    lists = load_fold_lists(fold_dir)
-    lut = base_label_map(dataset, fold, layout.scheme(params, dataset))
-
-    train_set = BaseDataset(
-        root,
-        lists.train.items,
-        lut,
-        TrainTransform(schedule.crop, scale=tuple(schedule.scale), crop=True),
-        seed=seed,
-    )
-    # Validation: every validation image, base classes relabelled, novel ones as background.
-    val_items = read_list(root / "lists" / "val.txt")
-    val_set = BaseDataset(root, val_items, lut, EvalTransform(schedule.val_size), keep_label=True)
+    train_set, val_set = base_datasets(params, base)
     loader, sampler, batch = setup.epoch_loader(
         train_set, schedule.batch_size, seed, info, params.train.workers
     )
@@ -109,7 +128,7 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         tracking=params,
         tags={
             **base.fields(),
-            "data_hash": data_hash(fold_dir),
+            "data_hash": data_hash(base_training_list(params, base).parent),
             "global_batch": schedule.batch_size,
         },
         checkpoint_meta={
