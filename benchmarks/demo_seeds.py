@@ -139,7 +139,7 @@ def run_baselines(args: argparse.Namespace, spec: RunSpec, folder: Path) -> None
 
 
 def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[str, Any]:
-    """mIoU per (fold, shot), baseline per (fold, shot), training seconds, wall time."""
+    """Final and meta-output mIoU and baseline per (fold, shot), training seconds, wall time."""
     params = run_params(args, spec).with_overrides([f"paths.results={folder / 'results'}"])
     miou: dict[tuple[int, int], float] = {}
     # The meta learner's own output (before the base-learner ensemble), per (fold, shot).
