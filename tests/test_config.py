@@ -81,6 +81,7 @@ def test_typed_dataclasses_match_the_schema():
         ("model.stages=0", "model.stages"),
         ("grid.backbones=[resnet18]", "grid.backbones.0"),
         ("base.pascal.optimizer=adam", "base.pascal.optimizer"),
+        ("base.pascal.images=some", "base.pascal.images"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override, key):
