@@ -1,5 +1,5 @@
-"""``benchmarks/demo_seeds.py``'s summary: the acceptance checks and the ensemble's effect, on
-made-up results (the runs themselves take an hour; they are not run here)."""
+"""``benchmarks/demo_seeds.py``'s summary: the acceptance checks, the ensemble's effect and the
+baseline's spread, on made-up results (the runs themselves take an hour; they are not run here)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,40 @@ def test_summary_passes_and_fails_each_check_and_prints_the_ensemble_effect(caps
     assert "FAIL  seed2-t1: 5-shot mean 68.5 >= 1-shot mean + 2.0" in fails
     assert "PASS  1-shot fold 0: HDMNet - baseline min +17.0 >= 15.0" in lines
     assert "1 shot, seed2-t1: -10.0  -2.0; -6.0" in lines
+
+
+def test_summary_prints_the_baseline_spread_and_each_runs_5_shot_gain(capsys):
+    """The README's baseline rows (mean +- std over the 1-thread seeds, per fold and of the fold
+    means) and each run's 5-shot minus 1-shot fold mean come from the summary, not by hand."""
+    args = argparse.Namespace(folds=FOLDS, shots=SHOTS)
+    first = result(
+        {(0, 1): 70.0, (1, 1): 72.0, (0, 5): 75.0, (1, 5): 77.0},
+        {(0, 1): 72.0, (1, 1): 74.0, (0, 5): 77.0, (1, 5): 79.0},
+        {(0, 1): 45.0, (1, 1): 47.0, (0, 5): 50.0, (1, 5): 50.0},
+    )
+    second = result(
+        {(0, 1): 62.0, (1, 1): 72.0, (0, 5): 65.0, (1, 5): 72.0},
+        first["meta_miou"],
+        {(0, 1): 49.0, (1, 1): 47.0, (0, 5): 50.0, (1, 5): 54.0},
+    )
+    # A 2-thread run counts in the rows but not in the seed spread.
+    threads = result(first["miou"], first["meta_miou"], {k: 90.0 for k in first["baseline"]})
+    runs = {
+        demo_seeds.RunSpec(1, 1): first,
+        demo_seeds.RunSpec(2, 1): second,
+        demo_seeds.RunSpec(1, 2): threads,
+    }
+    demo_seeds.summarise(args, runs)
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    baseline_rows = [line for line in lines if " baseline " in line and "HDMNet" in line]
+    # 1 shot: fold 0 (45, 49), fold 1 (47, 47); fold means 46 and 48. 5 shots: fold 1 (50, 54).
+    assert baseline_rows[0].startswith("0 baseline") and baseline_rows[0].endswith(
+        "baseline 47.0 +- 2.8"
+    )
+    assert baseline_rows[1].endswith("baseline 47.0 +- 0.0")
+    assert "mean baseline   46.0   48.0   90.0  baseline 47.0 +- 1.4" in lines
+    assert baseline_rows[3].endswith("baseline 52.0 +- 2.8")
+    # Fold means: seed 1 71 -> 76, seed 2 67 -> 68.5, the 2-thread run as seed 1; the meta
+    # output (shared) 73 -> 78.
+    assert "final: seed1-t1 +5.0, seed2-t1 +1.5, seed1-t2 +5.0" in lines
+    assert "meta output: seed1-t1 +5.0, seed2-t1 +5.0, seed1-t2 +5.0" in lines
