@@ -218,21 +218,12 @@ def summarise(args: argparse.Namespace, results: dict[RunSpec, dict[str, Any]]) 
         if any(results[s]["baseline"] for s in specs):
             print(f"{'':>6} training-free baseline (threshold from base-class episodes)")
             for fold in args.folds:
+                scored = [s for s in specs if (fold, shot) in results[s]["baseline"]]
+                base = [results[s]["baseline"][fold, shot] for s in scored]
                 gaps = [
-                    results[s]["miou"][fold, shot] - results[s]["baseline"][fold, shot]
-                    for s in specs
-                    if (fold, shot) in results[s]["baseline"]
+                    results[s]["miou"][fold, shot] - b for s, b in zip(scored, base, strict=True)
                 ]
-                base = [
-                    results[s]["baseline"][fold, shot]
-                    for s in specs
-                    if (fold, shot) in results[s]["baseline"]
-                ]
-                seed_base = [
-                    results[s]["baseline"][fold, shot]
-                    for s in seeds
-                    if (fold, shot) in results[s]["baseline"]
-                ]
+                seed_base = [b for s, b in zip(scored, base, strict=True) if s in seeds]
                 print(
                     f"{fold:>6} baseline "
                     + " ".join(f"{b:6.1f}" for b in base)

@@ -1,7 +1,8 @@
 """``hdmnet train-base``: the PSPNet base learner of one dataset, backbone, fold and seed (BAM
-protocol: SGD, poly, random scale/rotate/blur/flip/crop, base classes only, on every training
-image unless ``base.<dataset>.images`` says base_only), validated on the base-class mIoU of the
-validation images every epoch; keeps the best and the last checkpoint."""
+protocol: SGD unless ``base.<dataset>.optimizer`` says adamw, poly, random scale/rotate/blur/
+flip/crop, base classes only, on every training image unless ``base.<dataset>.images`` says
+base_only), validated on the base-class mIoU of the validation images every epoch; keeps the best
+and the last checkpoint."""
 
 from __future__ import annotations
 
