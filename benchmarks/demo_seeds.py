@@ -25,7 +25,9 @@ meta learners' convergence, what the base-learner ensemble adds to the meta lear
 The default runs are the acceptance set: seeds 321, 123 and 2024 at 1 thread per job and seed
 321 at 2 threads per job, each with ``--cores 2`` (about an hour on a quiet 2-core machine).
 A run whose metrics files exist is not redone (Snakemake finds it up to date): rerunning the
-script after an interruption continues, and ``--summary-only`` only reads the results.
+script after an interruption continues, and ``--summary-only`` only reads the results. Records
+are read as the tables read them: one made under other parameters than the ones given (an
+older params.yaml, another ``-s``) is refused with its file named, never summarised.
 Standard deviations are sample standard deviations (n - 1).
 """
 
@@ -44,8 +46,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hdmnet import layout
+from hdmnet import identity, layout
 from hdmnet.config import Params, load_params
+from hdmnet.report import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = ("321:1", "123:1", "2024:1", "321:2")
@@ -132,16 +135,53 @@ def run_baselines(args: argparse.Namespace, spec: RunSpec, folder: Path) -> None
     )
     for run in layout.main_runs(params):
         out = folder / "baseline" / f"fold{run.fold}-shot{run.shot}.json"
-        if out.exists():
+        made_with = _baseline_inputs(args, params, run)
+        if out.exists() and json.loads(out.read_text()).get("made_with") == made_with:
             continue
         result = evaluate_baseline(params, run, args.baseline_method, args.baseline_layer)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        out.write_text(json.dumps({"made_with": made_with, **result}, indent=1))
+
+
+def _baseline_inputs(args: argparse.Namespace, params: Params, run: Any) -> dict[str, str]:
+    # The evaluation's identity covers the base learner and the episodes (and more: a change
+    # of the meta learner's keys rescores the baseline too, which is merely wasted work).
+    return {
+        "evaluation": identity.evaluation(params, run),
+        "method": args.baseline_method,
+        "layer": args.baseline_layer,
+    }
+
+
+def _scored_baseline(path: Path, args: argparse.Namespace, params: Params, run: Any) -> dict:
+    scored = json.loads(path.read_text())
+    if scored.get("made_with") != _baseline_inputs(args, params, run):
+        raise SystemExit(
+            f"{path}: scored under other parameters or another method/layer than the current "
+            "ones; rerun without --summary-only and with --baseline to score it again"
+        )
+    return scored
+
+
+def _required(records: dict[Any, dict[str, Any] | None]) -> dict[Any, dict[str, Any]]:
+    missing = [str(key) for key, record in records.items() if record is None]
+    if missing:
+        raise SystemExit(f"training records missing for {', '.join(missing)}: run the workflow")
+    return {key: record for key, record in records.items() if record is not None}
 
 
 def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[str, Any]:
-    """Final and meta-output mIoU and baseline per (fold, shot), training seconds, wall time."""
+    """Final and meta-output mIoU and baseline per (fold, shot), training seconds, wall time.
+
+    The records are read as the tables read them (``hdmnet.report.collect``): each must carry
+    the job identity the run's parameters give its cell, so a folder partly made under other
+    parameters is refused with the stale files named, never mixed into the summary.
+    """
     params = run_params(args, spec).with_overrides([f"paths.results={folder / 'results'}"])
+    runs = layout.main_runs(params)
+    metrics = collect.load_metrics(params, runs)
+    training = _required(collect.load_training(params, runs))
+    base_training = _required(collect.load_base_training(params, layout.base_learners(params)))
     miou: dict[tuple[int, int], float] = {}
     # The meta learner's own output (before the base-learner ensemble), per (fold, shot).
     meta_miou: dict[tuple[int, int], float] = {}
@@ -149,11 +189,11 @@ def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[
     train_seconds = 0.0
     # Convergence: (best validation epoch, 1-based; epochs run) per meta learner.
     meta_best: dict[tuple[int, int], tuple[int, int]] = {}
-    for run in layout.main_runs(params):
-        record = json.loads(layout.metrics_file(params, run).read_text())
+    for run in runs:
+        record = metrics[run].record
         miou[run.fold, run.shot] = record["miou"]
         meta_miou[run.fold, run.shot] = record["outputs"]["meta"]["miou"]
-        meta = json.loads((layout.meta_dir(params, run) / "record.json").read_text())
+        meta = training[run]
         train_seconds += meta["seconds"]
         meta_best[run.fold, run.shot] = (meta["best_epoch"] + 1, len(meta["epochs"]))
         # The evaluation's own baseline (eval.baseline), else one scored by --baseline.
@@ -161,11 +201,13 @@ def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[
         if "baseline" in record:
             baseline[run.fold, run.shot] = record["baseline"]["miou"]
         elif base_file.exists():
-            baseline[run.fold, run.shot] = json.loads(base_file.read_text())["test"]["miou"]
+            baseline[run.fold, run.shot] = _scored_baseline(base_file, args, params, run)["test"][
+                "miou"
+            ]
     # Per base learner: (best validation mIoU, best epoch 1-based, epochs run).
     base_best: dict[int, tuple[float, int, int]] = {}
-    for base in {run.base for run in layout.main_runs(params)}:
-        record = json.loads((layout.base_dir(params, base) / "record.json").read_text())
+    for base in {run.base for run in runs}:
+        record = base_training[base]
         train_seconds += record["seconds"]
         base_best[base.fold] = (
             record["best_val_miou"],

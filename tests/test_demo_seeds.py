@@ -7,7 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+import pytest
+from tests.report.fixtures_records import expected_miou, write_grid
+
+from hdmnet.layout import Run
+from hdmnet.report.collect import StaleRecordError
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import demo_seeds  # noqa: E402
@@ -94,3 +101,38 @@ def test_summary_prints_the_baseline_spread_and_each_runs_5_shot_gain(capsys):
     # output (shared) 73 -> 78.
     assert "final: seed1-t1 +5.0, seed2-t1 +1.5, seed1-t2 +5.0" in lines
     assert "meta output: seed1-t1 +5.0, seed2-t1 +5.0, seed1-t2 +5.0" in lines
+
+
+def _run_folder(tmp_path: Path, spec: demo_seeds.RunSpec) -> tuple[argparse.Namespace, Path]:
+    """A run folder holding the records of the main grid (folds 0-1, both shots) made with the
+    parameters the script gives that run."""
+    args = argparse.Namespace(
+        params=ROOT / "params.yaml", overrides=[], folds=FOLDS, shots=SHOTS, out=tmp_path
+    )
+    folder = tmp_path / spec.name
+    params = demo_seeds.run_params(args, spec).with_overrides(
+        [
+            f"paths.results={folder / 'results'}",
+            "ablation.variants=[]",
+            "ablation.kshot_variants=[]",
+        ]
+    )
+    write_grid(params)
+    return args, folder
+
+
+def test_results_are_read_only_when_the_runs_parameters_made_them(tmp_path):
+    """--summary-only must not print a number the current parameters did not produce: a run
+    folder partly made under other parameters (an older params.yaml, another -s) is refused
+    with the stale files named, not mixed into the table."""
+    spec = demo_seeds.RunSpec(321, 1)
+    args, folder = _run_folder(tmp_path, spec)
+    read = demo_seeds.read_results(args, spec, folder)
+    assert read["miou"][0, 1] == expected_miou(Run("pascal", "small", "full", 0, 1, 321))
+    assert sorted(read["miou"]) == [(f, s) for f in FOLDS for s in SHOTS]
+
+    # The same folder read with another meta learning rate: every meta learner and metrics
+    # record belongs to other parameters.
+    changed = argparse.Namespace(**{**vars(args), "overrides": ["meta.pascal.lr=0.003"]})
+    with pytest.raises(StaleRecordError, match=r"fold0-shot1-seed321\.json"):
+        demo_seeds.read_results(changed, spec, folder)
