@@ -137,7 +137,12 @@ class BaseSchedule:
     crop: int
     scale: list[float]
     val_size: int
+    val_skip: float
     images: str
+
+    def unvalidated_epochs(self) -> int:
+        """The leading epochs that skip validation: whole epochs of ``val_skip``."""
+        return int(self.val_skip * self.epochs)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ TINY = [
     "base.pascal.crop=65",
     "base.pascal.scale=[0.5, 1.0]",
     "base.pascal.val_size=65",
+    "base.pascal.val_skip=0",
     "meta.pascal.epochs=2",
     "meta.pascal.batch_size=4",
     "meta.pascal.lr=0.001",

@@ -194,3 +194,33 @@ def test_checkpoints_are_logged_as_artifacts_when_asked(tmp_path, upload):
     if upload:
         expected += [("best.pth", "checkpoints"), ("last.pth", "checkpoints")]
     assert tracker.artifacts == expected
+
+
+def test_leading_epochs_skip_validation_and_the_best_is_chosen_among_the_rest(tmp_path):
+    """``val_skip`` epochs at the start are not validated (their record has no val_miou), the
+    training itself is untouched, and the best checkpoint is the best validated epoch: with the
+    curve's peak (epoch 1) skipped, epoch 3."""
+    counted = Run(tmp_path / "every")
+    every = counted.finish()
+    calls: list[int] = []
+    run = Run(tmp_path / "skip")
+    run.loop.val_skip = 2
+    run.loop.validate = lambda: calls.append(run.epoch) or CURVE[run.epoch]
+    record = run.finish()
+    assert calls == [2, 3]
+    assert [e.get("val_miou") for e in record["epochs"]] == [None, None, 20.0, 30.0]
+    assert record["best_epoch"] == 3 and record["best_val_miou"] == 30.0
+    last, ref = weights(tmp_path / "skip" / "last.pth"), weights(tmp_path / "every" / "last.pth")
+    assert all(torch.equal(last[k], ref[k]) for k in ref)  # the training is the same
+    assert every["best_epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("fraction", "epochs", "skipped"), [(0.5, 40, 20), (0.5, 2, 1), (0.0, 40, 0), (0.5, 1, 0)]
+)
+def test_the_schedules_skipped_fraction_is_whole_leading_epochs(fraction, epochs, skipped):
+    params = load_params(
+        ROOT / "params.yaml",
+        [f"base.pascal.val_skip={fraction}", f"base.pascal.epochs={epochs}"],
+    )
+    assert params.base.pascal.unvalidated_epochs() == skipped

@@ -122,6 +122,7 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         identity={**cell, "identity": job},
         info=info,
         desc=base.name,
+        val_skip=schedule.unvalidated_epochs(),
     )
     return setup.run(
         loop,
