@@ -207,8 +207,10 @@ def test_a_second_training_seed_runs_every_job_again_and_the_tables_average_the_
     assert list(main["train_seeds"]) == [2, 2]
     assert main["fold0"].iloc[0] == pytest.approx(statistics.mean(r["miou"] for r in runs))
     assert main["fold0_std"].iloc[0] == pytest.approx(statistics.stdev(r["miou"] for r in runs))
-    # The baseline row: the records' own baseline sections, averaged the same way.
+    # The baseline row: the records' own baseline sections, averaged the same way. Only the
+    # full model's evaluations score it (the table's row); an ablation variant's does not.
     baselines = [r["baseline"]["miou"] for r in runs]
+    assert not any("baseline" in json.loads(records(s)[4].read_text()) for s in (321, 322))
     # (the CSV keeps 4 decimals)
     assert main["fold0"].iloc[1] == pytest.approx(statistics.mean(baselines), abs=1e-3)
     assert main["fold0_std"].iloc[1] == pytest.approx(statistics.stdev(baselines), abs=1e-3)

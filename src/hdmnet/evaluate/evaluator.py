@@ -164,8 +164,11 @@ def evaluate(
         record["config_digest"] = job
         if external is not None:
             record["external"] = {"name": external.name, "path": str(path), "sha256": sha256}
-        elif params.eval.baseline != "none":
-            # The model's frozen encoder is the run's base learner (its checkpoint holds it).
+        elif params.eval.baseline != "none" and run.variant == "full":
+            # A row of the main table, which shows the full model: an ablation variant's record
+            # would only repeat it (the same for every variant but no_exclusion's tuning list),
+            # for about 3 s of a 10-s evaluation of the demo. The model's frozen encoder is the
+            # run's base learner (its checkpoint holds it).
             found = evaluate_baseline(params, run, params.eval.baseline, encoder=model)
             record["baseline"] = baseline_section(found)
             tracker.log_metrics({"baseline_miou": record["baseline"]["miou"]})
