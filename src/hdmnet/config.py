@@ -183,6 +183,7 @@ class Train:
     workers: int
     gpus: int
     threads: int
+    cache_mb: int
 
 
 @dataclass(frozen=True)

@@ -264,3 +264,60 @@ def test_image_mask_size_mismatch_names_both_files(data, tmp_path):
     ds = EpisodeDataset(tmp_path, lists, "val", 1, EvalTransform(SIZE), 1)
     with pytest.raises(DataError, match=r"v00\.jpg is 5x5 but its mask .*v00\.png is 28x36"):
         ds[0]
+
+
+def _count_reads(monkeypatch) -> list[str]:
+    import hdmnet.data.episodes as episodes
+
+    reads: list[str] = []
+    real = episodes.read_image
+
+    def counting(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(episodes, "read_image", counting)
+    return reads
+
+
+@pytest.mark.parametrize("kind", ["episodes", "base"])
+def test_kept_pairs_give_the_same_samples_and_are_read_once(data, monkeypatch, kind):
+    """A training set may keep the decoded images and masks (``cache_mb``): every sample of
+    every epoch is the same as without, and each file is read once; kept arrays are read-only,
+    so no transform can change what a later epoch gets."""
+    root, lists, _ = data
+    lut = base_label_map("pascal", 0)
+
+    def make(cache_mb: int):
+        if kind == "episodes":
+            transform = TrainTransform(SIZE)
+            return EpisodeDataset(root, lists, "train", 2, transform, seed=3, cache_mb=cache_mb)
+        transform = TrainTransform(SIZE, crop=True)
+        items = lists.train.items
+        return BaseDataset(root, items, lut, transform, seed=2, cache_mb=cache_mb)
+
+    plain, kept = make(0), make(1)
+    expected = []
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        expected += [plain[i] for i in range(len(plain))]
+    reads = _count_reads(monkeypatch)
+    got = []
+    for epoch in (0, 1):
+        kept.set_epoch(epoch)
+        got += [kept[i] for i in range(len(kept))]
+    for a, b in zip(expected, got, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    assert sorted(reads) == sorted(set(reads))  # each image read once, over both epochs
+    assert len(reads) == len({item.image for item in lists.train.items})
+
+
+def test_a_budget_smaller_than_a_pair_keeps_nothing(data, monkeypatch):
+    root, lists, _ = data
+    lut = base_label_map("pascal", 0)
+    ds = BaseDataset(root, lists.train.items, lut, EvalTransform(SIZE), cache_mb=0)
+    reads = _count_reads(monkeypatch)
+    for _ in range(2):
+        for i in range(len(ds)):
+            ds[i]
+    assert len(reads) == 2 * len(ds)

@@ -56,6 +56,7 @@ def base_datasets(params: Params, base: BaseRun) -> tuple[BaseDataset, BaseDatas
         lut,
         TrainTransform(schedule.crop, scale=tuple(schedule.scale), crop=True),
         seed=base.seed,
+        cache_mb=params.train.cache_mb,
     )
     val_items = read_list(full_list(root, "val"))
     val_set = BaseDataset(root, val_items, lut, EvalTransform(schedule.val_size), keep_label=True)

@@ -69,6 +69,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         run.shot,
         TrainTransform(schedule.image_size, scale=tuple(schedule.scale)),
         seed=run.seed,
+        cache_mb=params.train.cache_mb,
     )
     loader, sampler, batch = setup.epoch_loader(
         train_set, schedule.batch_size, run.seed, info, params.train.workers
