@@ -125,6 +125,12 @@ class Model:
     bf16: bool
 
 
+def skipped_epochs(fraction: float, epochs: int) -> int:
+    """Whole leading epochs in ``fraction`` of ``epochs`` (rounded down): the ones a training
+    does not validate (``val_skip``; the last epoch always validates)."""
+    return int(fraction * epochs)
+
+
 @dataclass(frozen=True)
 class BaseSchedule:
     epochs: int
@@ -141,8 +147,8 @@ class BaseSchedule:
     images: str
 
     def unvalidated_epochs(self) -> int:
-        """The leading epochs that skip validation: whole epochs of ``val_skip``."""
-        return int(self.val_skip * self.epochs)
+        """The leading epochs that skip validation (``val_skip`` of the epochs)."""
+        return skipped_epochs(self.val_skip, self.epochs)
 
 
 @dataclass(frozen=True)
@@ -162,11 +168,16 @@ class MetaSchedule:
     scale: list[float]
     val_episodes: int
     val_every: int
+    val_skip: float
     test_episodes: int
 
     def epochs_for(self, shot: int) -> int:
         """Training epochs of a ``shot``-shot model: ``shot_epochs[shot]``, else ``epochs``."""
         return self.shot_epochs.get(shot, self.epochs)
+
+    def unvalidated_epochs(self, shot: int) -> int:
+        """The leading epochs of a ``shot``-shot model that skip validation."""
+        return skipped_epochs(self.val_skip, self.epochs_for(shot))
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "meta.{dataset}.scale",
         "meta.{dataset}.val_episodes",
         "meta.{dataset}.val_every",
+        "meta.{dataset}.val_skip",
         "meta.distill_weight",
         "meta.base_weight",
         "model.attention",

@@ -58,6 +58,7 @@ TINY = [
     "meta.pascal.image_size=97",
     "meta.pascal.scale=[0.9, 1.1]",
     "meta.pascal.val_every=1",
+    "meta.pascal.val_skip=0",
     "meta.pascal.val_episodes=40",
     "meta.selection=best_val",
     "meta.pascal.test_episodes=60",

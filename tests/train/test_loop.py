@@ -224,3 +224,22 @@ def test_the_schedules_skipped_fraction_is_whole_leading_epochs(fraction, epochs
         [f"base.pascal.val_skip={fraction}", f"base.pascal.epochs={epochs}"],
     )
     assert params.base.pascal.unvalidated_epochs() == skipped
+
+
+@pytest.mark.parametrize(
+    ("fraction", "shot_epochs", "expected"),
+    [(0.4, "{}", (2, 2)), (0.4, "{5: 10}", (2, 4)), (0, "{}", (0, 0))],
+)
+def test_a_meta_learners_skipped_epochs_follow_its_shots_epoch_count(
+    fraction, shot_epochs, expected
+):
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            f"meta.pascal.val_skip={fraction}",
+            "meta.pascal.epochs=5",
+            f"meta.pascal.shot_epochs={shot_epochs}",
+        ],
+    )
+    schedule = params.meta.pascal
+    assert (schedule.unvalidated_epochs(1), schedule.unvalidated_epochs(5)) == expected

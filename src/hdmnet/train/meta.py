@@ -2,9 +2,9 @@
 
 Starts from the fold's base learner (ours, or an official BAM PSPNet file), keeps it frozen,
 trains the meta learner with AdamW and a poly schedule, validates on episodes of the fold's
-novel classes every ``val_every`` epochs (their frozen-backbone features are cached across
-epochs) and keeps the best-validation and the last checkpoint; ``meta.selection`` says which
-one is tested.
+novel classes every ``val_every`` epochs after the first ``val_skip`` of them (their
+frozen-backbone features are cached across epochs) and keeps the best-validation and the last
+checkpoint; ``meta.selection`` says which one is tested.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         info=info,
         desc=f"train {run.name}",
         val_every=schedule.val_every,
+        val_skip=schedule.unvalidated_epochs(run.shot),
     )
     return setup.run(
         loop,
