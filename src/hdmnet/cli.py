@@ -197,7 +197,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     params = resolve_params(args.params, args.overrides)
     out = args.out or layout.synth_dir(params)
-    generate(out, synth_config(params.synth))
+    generate(out, synth_config(params.synth), workers=params.data.workers)
     print(f"Embedded data sets written to {out} (manifest: {out / 'manifest.json'})")
     return 0
 

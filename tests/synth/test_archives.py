@@ -227,12 +227,13 @@ def test_same_seed_same_bytes_other_seed_other_data(
     import subprocess
     import sys
 
-    # A fresh process with another string-hash seed: set iteration order must not leak in.
+    # A fresh process with another string-hash seed: set iteration order must not leak in. It
+    # writes the two data sets in two worker processes (the fixture in one): the same bytes.
     config_json = json.dumps(dataclasses.asdict(small_config))
     code = (
         "import json, sys; from pathlib import Path; "
         "from hdmnet.data.synth import SynthConfig, generate; "
-        "generate(Path(sys.argv[1]), SynthConfig.from_dict(json.loads(sys.argv[2])))"
+        "generate(Path(sys.argv[1]), SynthConfig.from_dict(json.loads(sys.argv[2])), workers=2)"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run(

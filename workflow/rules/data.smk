@@ -17,6 +17,8 @@ if PARAMS.data.source == "synthetic":
             "logs/synth.log",
         conda:
             "../envs/hdmnet.yaml"
+        # The PASCAL and the COCO stand-ins are written side by side (data.workers >= 2).
+        threads: min(2, max(1, PARAMS.data.workers))
         resources:
             mem_mb=2000,
             runtime=10,
