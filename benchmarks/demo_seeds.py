@@ -48,6 +48,7 @@ import yaml
 
 from hdmnet import identity, layout
 from hdmnet.config import Params, load_params
+from hdmnet.layout import Run
 from hdmnet.report import collect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def run_baselines(args: argparse.Namespace, spec: RunSpec, folder: Path) -> None
         out.write_text(json.dumps({"made_with": made_with, **result}, indent=1))
 
 
-def _baseline_inputs(args: argparse.Namespace, params: Params, run: Any) -> dict[str, str]:
+def _baseline_inputs(args: argparse.Namespace, params: Params, run: Run) -> dict[str, str]:
     # The evaluation's identity covers the base learner and the episodes (and more: a change
     # of the meta learner's keys rescores the baseline too, which is merely wasted work).
     return {
@@ -153,7 +154,7 @@ def _baseline_inputs(args: argparse.Namespace, params: Params, run: Any) -> dict
     }
 
 
-def _scored_baseline(path: Path, args: argparse.Namespace, params: Params, run: Any) -> dict:
+def _scored_baseline(path: Path, args: argparse.Namespace, params: Params, run: Run) -> dict:
     scored = json.loads(path.read_text())
     if scored.get("made_with") != _baseline_inputs(args, params, run):
         raise SystemExit(
@@ -201,9 +202,8 @@ def read_results(args: argparse.Namespace, spec: RunSpec, folder: Path) -> dict[
         if "baseline" in record:
             baseline[run.fold, run.shot] = record["baseline"]["miou"]
         elif base_file.exists():
-            baseline[run.fold, run.shot] = _scored_baseline(base_file, args, params, run)["test"][
-                "miou"
-            ]
+            scored = _scored_baseline(base_file, args, params, run)
+            baseline[run.fold, run.shot] = scored["test"]["miou"]
     # Per base learner: (best validation mIoU, best epoch 1-based, epochs run).
     base_best: dict[int, tuple[float, int, int]] = {}
     for base in {run.base for run in runs}:

@@ -4,6 +4,7 @@ baseline's spread, on made-up results (the runs themselves take an hour; they ar
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -136,3 +137,32 @@ def test_results_are_read_only_when_the_runs_parameters_made_them(tmp_path):
     changed = argparse.Namespace(**{**vars(args), "overrides": ["meta.pascal.lr=0.003"]})
     with pytest.raises(StaleRecordError, match=r"fold0-shot1-seed321\.json"):
         demo_seeds.read_results(changed, spec, folder)
+
+
+def test_a_baseline_scored_under_other_parameters_is_refused(tmp_path):
+    """Baselines the script scores itself (``--baseline``) carry what they were scored with; a
+    summary under other parameters or another method refuses them instead of using them."""
+    spec = demo_seeds.RunSpec(321, 1)
+    args = argparse.Namespace(
+        params=ROOT / "params.yaml",
+        overrides=[],
+        folds=FOLDS,
+        shots=SHOTS,
+        out=tmp_path,
+        baseline_method="prototype",
+        baseline_layer="layer4",
+    )
+    params = demo_seeds.run_params(args, spec)
+    run = Run("pascal", "small", "full", 0, 1, 321)
+    path = tmp_path / "fold0-shot1.json"
+    made_with = demo_seeds._baseline_inputs(args, params, run)
+    path.write_text(json.dumps({"made_with": made_with, "test": {"miou": 41.0}}))
+    assert demo_seeds._scored_baseline(path, args, params, run)["test"]["miou"] == 41.0
+    prior = argparse.Namespace(**{**vars(args), "baseline_method": "prior"})
+    with pytest.raises(SystemExit, match=r"fold0-shot1\.json: scored under other parameters"):
+        demo_seeds._scored_baseline(path, prior, params, run)
+    other = demo_seeds.run_params(
+        argparse.Namespace(**{**vars(args), "overrides": ["eval.seeds=[1, 2]"]}), spec
+    )
+    with pytest.raises(SystemExit, match="scored under other parameters"):
+        demo_seeds._scored_baseline(path, args, other, run)
