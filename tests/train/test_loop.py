@@ -197,14 +197,13 @@ def test_checkpoints_are_logged_as_artifacts_when_asked(tmp_path, upload):
 
 
 def test_leading_epochs_skip_validation_and_the_best_is_chosen_among_the_rest(tmp_path):
-    """``val_skip`` epochs at the start are not validated (their record has no val_miou), the
-    training itself is untouched, and the best checkpoint is the best validated epoch: with the
-    curve's peak (epoch 1) skipped, epoch 3."""
-    counted = Run(tmp_path / "every")
-    every = counted.finish()
+    """The loop's leading ``unvalidated_epochs`` are not validated (their record has no
+    val_miou), the training itself is untouched, and the best checkpoint is the best validated
+    epoch: with the curve's peak (epoch 1) skipped, epoch 3."""
+    every = Run(tmp_path / "every").finish()
     calls: list[int] = []
     run = Run(tmp_path / "skip")
-    run.loop.val_skip = 2
+    run.loop.unvalidated_epochs = 2
     run.loop.validate = lambda: calls.append(run.epoch) or CURVE[run.epoch]
     record = run.finish()
     assert calls == [2, 3]

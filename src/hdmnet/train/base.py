@@ -1,8 +1,8 @@
 """``hdmnet train-base``: the PSPNet base learner of one dataset, backbone, fold and seed (BAM
 protocol: SGD unless ``base.<dataset>.optimizer`` says adamw, poly, random scale/rotate/blur/
 flip/crop, base classes only, on every training image unless ``base.<dataset>.images`` says
-base_only), validated on the base-class mIoU of the validation images every epoch; keeps the best
-and the last checkpoint."""
+base_only), validated on the base-class mIoU of the validation images every epoch after the first
+``base.<dataset>.val_skip`` of them; keeps the best validated and the last checkpoint."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def train_base(params: Params, base: BaseRun) -> dict[str, Any]:
         identity={**cell, "identity": job},
         info=info,
         desc=base.name,
-        val_skip=schedule.unvalidated_epochs(),
+        unvalidated_epochs=schedule.unvalidated_epochs(),
     )
     return setup.run(
         loop,

@@ -65,7 +65,7 @@ class Loop:
     info: DistInfo
     desc: str
     val_every: int = 1
-    val_skip: int = 0  # leading epochs that are not validated (the last epoch always is)
+    unvalidated_epochs: int = 0  # leading epochs not validated (the last epoch always is)
     tracker: Tracker | None = None  # set when the job's MLflow run starts (setup.run)
 
 
@@ -120,7 +120,7 @@ def fit(loop: Loop) -> tuple[History, dict[str, torch.Tensor]]:
             bar.set(loss=total / count)
         entry: dict[str, float] = {"epoch": epoch, "loss": total / max(1, count), "lr": lr}
         last = epoch + 1 == loop.epochs
-        if last or (epoch >= loop.val_skip and (epoch + 1) % loop.val_every == 0):
+        if last or (epoch >= loop.unvalidated_epochs and (epoch + 1) % loop.val_every == 0):
             metric = loop.validate()
             entry["val_miou"] = metric
             if metric > history.best_metric:

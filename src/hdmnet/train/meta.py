@@ -128,7 +128,7 @@ def train_meta(params: Params, run: Run) -> dict[str, Any]:
         info=info,
         desc=f"train {run.name}",
         val_every=schedule.val_every,
-        val_skip=schedule.unvalidated_epochs(run.shot),
+        unvalidated_epochs=schedule.unvalidated_epochs(run.shot),
     )
     return setup.run(
         loop,
